@@ -1,0 +1,80 @@
+"""structlog set up for one JSON object per line on stdout, stdlib loggers included.
+
+httpx, httpcore and apscheduler log through the same pipeline, so every line has the
+same shape, and every line passes the redactor: whatever a library writes, a known
+secret is replaced before it reaches stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_secrets: set[str] = set()
+REDACTED = "<redacted>"
+
+
+def add_secret(secret: str) -> None:
+    """Register a value that must never be printed (the admin key, each time it is read)."""
+    if secret:
+        _secrets.add(secret)
+
+
+def _scrub(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact(_, __, event_dict: dict) -> dict:
+    if not _secrets:
+        return event_dict
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = _scrub(value)
+        elif value is not None and not isinstance(value, (int, float, bool)):
+            text = str(value)
+            if _scrub(text) != text:
+                event_dict[key] = _scrub(text)
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str = "json") -> None:
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.format_exc_info,
+        redact,
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # One line per upstream request or per job run drowns the change events; keep them for debug.
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(name).setLevel(quiet)

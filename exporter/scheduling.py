@@ -1,0 +1,135 @@
+"""The poll job and its schedule: fetch, snapshot, diff, log, render, then one atomic swap.
+
+Scrapes read `Published.current` and never wait: a poll builds its Exposition on the side
+and replaces the reference in one assignment, which is atomic in CPython.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import structlog
+from apscheduler.executors.base import BaseExecutor, run_job
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.metrics import ExporterMetrics, Exposition, SnapshotRenderer
+from exporter.snapshot import Snapshot, diff
+from exporter.upstream import PollCancelled, PollError, ProjectsClient
+
+log = structlog.get_logger("exporter.poll")
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """The last poll's verdict, for the / page."""
+
+    ok: bool
+    finished_at: float
+    duration: float
+    reason: str = ""
+    message: str = ""
+
+
+class Published:
+    """The exposition that scrapes serve, and the last poll's outcome."""
+
+    def __init__(self):
+        self.current = Exposition(None)
+        self.last_outcome: PollOutcome | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current.snapshot is not None
+
+
+class Poller:
+    def __init__(self, client: ProjectsClient, renderer: SnapshotRenderer, metrics: ExporterMetrics,
+                 published: Published, poll_timeout: float):
+        self._client = client
+        self._renderer = renderer
+        self._metrics = metrics
+        self._published = published
+        self._poll_timeout = poll_timeout
+
+    def poll(self) -> None:
+        started = time.monotonic()
+        try:
+            result = self._client.fetch_all(started + self._poll_timeout)
+        except PollCancelled:
+            log.info("poll_cancelled", reason="shutting down")
+            return
+        except PollError as exc:
+            self._failed(exc.reason, exc.message, started, exc.request_id)
+            return
+        except Exception as exc:  # a bug must not kill the schedule; say it in one line
+            self._failed("internal", f"{type(exc).__name__}: {exc}", started)
+            return
+        duration = time.monotonic() - started
+        snapshot = Snapshot.build(result.projects, completed_at=time.time(), pages=result.pages,
+                                  duration=duration)
+        del result  # bound memory: only the previous and the new snapshot from here on
+        previous = self._published.current.snapshot
+        exposition = self._renderer.render(snapshot)
+        changes = diff(previous, snapshot) if previous is not None else []
+        self._published.current = exposition
+        self._metrics.record_success(snapshot, changes)
+        self._published.last_outcome = PollOutcome(True, snapshot.completed_at, duration)
+        self._log_changes(previous, snapshot, changes)
+        log.info("poll_succeeded", projects=len(snapshot.projects), active=snapshot.counts["active"],
+                 archived=snapshot.counts["archived"], pages=snapshot.pages, duration=round(duration, 3))
+
+    def _failed(self, reason: str, message: str, started: float, request_id: str | None = None) -> None:
+        duration = time.monotonic() - started
+        self._metrics.record_failure(reason, duration)
+        self._published.last_outcome = PollOutcome(False, time.time(), duration, reason, message)
+        log.warning("poll_failed", reason=reason, message=message, request_id=request_id,
+                    duration=round(duration, 3))
+
+    @staticmethod
+    def _log_changes(previous: Snapshot | None, snapshot: Snapshot, changes) -> None:
+        if previous is None:
+            log.info("initial_snapshot", projects=len(snapshot.projects), active=snapshot.counts["active"],
+                     archived=snapshot.counts["archived"])
+            return
+        for change in changes:
+            fields = {"project_id": change.project.id, "name": change.project.name}
+            if change.kind == "renamed":
+                fields.update(old_name=change.old_name, new_name=change.project.name)
+            log.info(f"project_{change.kind}", **fields)
+
+
+class DaemonThreadExecutor(BaseExecutor):
+    """Runs each job in a daemon thread, so a poll stuck in a socket read never blocks exit.
+
+    apscheduler's own thread pool uses non-daemon workers, which the interpreter joins at
+    exit: a poll waiting on a 30 s upstream timeout would hold SIGTERM hostage.
+    """
+
+    def _do_submit_job(self, job, run_times):
+        def target():
+            try:
+                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
+            except BaseException:
+                _, exc, tb = sys.exc_info()
+                self._run_job_error(job.id, exc, tb)
+            else:
+                self._run_job_success(job.id, events)
+
+        threading.Thread(target=target, name="poll", daemon=True).start()
+
+
+def start_scheduler(poll, interval: float) -> BackgroundScheduler:
+    """The first poll now, then one every `interval`; never two at once, missed runs merged."""
+    scheduler = BackgroundScheduler(
+        executors={"default": DaemonThreadExecutor()},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        timezone=timezone.utc,
+    )
+    scheduler.add_job(poll, "interval", seconds=interval, id="poll", name="poll",
+                      next_run_time=datetime.now(timezone.utc))
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,132 @@
+"""HTTP endpoints: /metrics, /healthz, /readyz and a small / page.
+
+Each request runs in its own thread. /metrics writes bytes already rendered by the last
+poll plus the exporter's small live metrics; it never calls upstream or waits on a poll.
+"""
+
+from __future__ import annotations
+
+import html
+import socket
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import urlsplit
+
+import structlog
+
+from exporter import __version__
+from exporter.metrics import ExporterMetrics
+from exporter.scheduling import Published
+
+log = structlog.get_logger("exporter.http")
+
+
+def accepts_gzip(header: str | None) -> bool:
+    for token in (header or "").split(","):
+        coding, _, params = token.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().lower()
+            if not quality.startswith("q="):
+                return True
+            try:
+                return float(quality[2:]) > 0
+            except ValueError:
+                return False
+    return False
+
+
+class ExporterServer(ThreadingHTTPServer):
+    daemon_threads = True  # a slow scraper never holds up shutdown
+    request_queue_size = 128
+
+    def __init__(self, host: str, port: int, metrics: ExporterMetrics, published: Published,
+                 healthy: Callable[[], bool]):
+        self.metrics = metrics
+        self.published = published
+        self.healthy = healthy
+        if host in ("", "::") and socket.has_ipv6:
+            self.address_family = socket.AF_INET6
+            host = "::"
+        elif ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _Handler)
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            # Listen on IPv4 too when bound to "::", as Go exporters do for ":PORT".
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes the same target again and again
+    disable_nagle_algorithm = True  # headers and body leave in separate writes; no 40 ms delayed-ACK stall
+    server_version = f"openai-projects-exporter/{__version__}"
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/healthz":
+            ok = self.server.healthy()
+            self._text(200 if ok else 503, "ok\n" if ok else "scheduler not running\n")
+        elif path == "/readyz":
+            ready = self.server.published.ready
+            self._text(200 if ready else 503, "ready\n" if ready else "not ready: no successful poll yet\n")
+        elif path in ("/", "/index.html"):
+            self._send(200, "text/html; charset=utf-8", [self._index().encode()])
+        else:
+            self._text(404, "not found; try /metrics\n")
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def _metrics(self):
+        gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
+        chunks, content_type = self.server.metrics.scrape(self.headers.get("Accept"), gzip)
+        self._send(200, content_type, chunks, {"Content-Encoding": "gzip"} if gzip else {})
+
+    def _text(self, status: int, text: str):
+        self._send(status, "text/plain; charset=utf-8", [text.encode()])
+
+    def _send(self, status: int, content_type: str, chunks: list[bytes], headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            for chunk in chunks:
+                self.wfile.write(chunk)
+
+    def _index(self) -> str:
+        published = self.server.published
+        outcome = published.last_outcome
+        snapshot = published.current.snapshot
+        if outcome is None:
+            last = "no poll has finished yet"
+        elif outcome.ok:
+            last = f"succeeded {time.time() - outcome.finished_at:.0f}s ago in {outcome.duration:.2f}s"
+        else:
+            last = (f"failed {time.time() - outcome.finished_at:.0f}s ago: "
+                    f"{html.escape(outcome.reason)}: {html.escape(outcome.message)}")
+        counts = ("no snapshot yet" if snapshot is None else
+                  ", ".join(f"{html.escape(k)}: {v}" for k, v in snapshot.counts.items()))
+        return (
+            "<!doctype html><html><head><meta charset=utf-8><title>OpenAI projects exporter</title></head>"
+            f"<body><h1>OpenAI projects exporter {__version__}</h1>"
+            f"<p>Last poll: {last}.</p><p>Projects: {counts}.</p>"
+            '<ul><li><a href="/metrics">/metrics</a></li><li><a href="/healthz">/healthz</a></li>'
+            '<li><a href="/readyz">/readyz</a></li></ul></body></html>\n'
+        )
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        log.debug("http_request", client=self.client_address[0], request=format % args)

@@ -1,0 +1,347 @@
+"""A simulated OpenAI organization on loopback, speaking the Admin API's projects contract.
+
+It serves `--demo`, the test suite and the benchmarks. It follows
+openai-organization-projects.openapi.yaml: cursor paging with `after` and `last_id`,
+`limit` 1..100 (default 20), `include_archived` false by default, Bearer auth, the
+`{"error": {...}}` shape, and an `x-request-id` on every response. Tests inject faults
+through `OrganizationServer.fault`; the demo lets time pass with `churn`.
+
+    python -m exporter.simulator --listen 127.0.0.1:8900 --projects 300 --admin-key sk-admin-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
+
+RESIDENCIES = ("GLOBAL", "US_STORAGE_PROCESSING", "EU_STORAGE_PROCESSING", "JP_STORAGE")
+_WORDS = ("Search", "Support", "Billing", "Fraud", "Recs", "Docs", "Chat", "Vision", "Voice",
+          "Ledger", "Atlas", "Orion", "Helix", "Nimbus", "Quartz", "Données clients", "検索チーム",
+          'Team "Alpha"', "Back\\slash")
+_KINDS = ("Bot", "Agent", "Pipeline", "Evals", "Sandbox", "Prod", "Staging", "Research")
+
+
+class UnknownCursor(Exception):
+    pass
+
+
+class SimulatedOrganization:
+    """Projects in creation order, as the upstream lists them; thread-safe."""
+
+    def __init__(self, projects: int = 300, *, seed: int = 7, now: float | None = None):
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._projects: list[dict] = []
+        self._position: dict[str, int] = {}
+        now = time.time() if now is None else now
+        # Ages from minutes to three years, skewed young like a real organization's.
+        ages = sorted((self._rng.random() ** 2 * 3 * 365 * 86400 for _ in range(projects)), reverse=True)
+        for age in ages:
+            project = self._new_project(int(now - age))
+            if self._rng.random() < 0.12:
+                project["archived_at"] = int(now - age * self._rng.random())
+                project["status"] = "archived"
+            self._append(project)
+
+    def _new_project(self, created_at: int, name: str | None = None) -> dict:
+        rng = self._rng
+        project = {
+            "id": "proj_" + "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", k=24)),
+            "object": "organization.project",
+            "name": name or f"{rng.choice(_WORDS)} {rng.choice(_KINDS)} {rng.randrange(1000)}",
+            "created_at": created_at,
+            "archived_at": None,
+            "status": "active",
+        }
+        if rng.random() < 0.3:
+            project["external_key_id"] = "ekm_" + uuid.UUID(int=rng.getrandbits(128)).hex[:16]
+        if rng.random() < 0.5:
+            project["residency"] = rng.choice(RESIDENCIES)
+        return project
+
+    def _append(self, project: dict) -> None:
+        self._position[project["id"]] = len(self._projects)
+        self._projects.append(project)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def page(self, after: str | None, limit: int, include_archived: bool) -> tuple[list[dict], bool]:
+        with self._lock:
+            if after is None:
+                start = 0
+            elif after in self._position:
+                start = self._position[after] + 1
+            else:
+                raise UnknownCursor(after)
+            data = []
+            for position in range(start, len(self._projects)):
+                project = self._projects[position]
+                if include_archived or project["status"] != "archived":
+                    if len(data) == limit:
+                        return data, True
+                    data.append(dict(project))
+            return data, False
+
+    def get(self, project_id: str) -> dict | None:
+        with self._lock:
+            position = self._position.get(project_id)
+            return None if position is None else dict(self._projects[position])
+
+    def all(self, include_archived: bool = True) -> list[dict]:
+        with self._lock:
+            return [dict(p) for p in self._projects if include_archived or p["status"] != "archived"]
+
+    # -- writes -----------------------------------------------------------------------
+
+    def create(self, name: str, **fields) -> dict:
+        with self._lock:
+            project = self._new_project(int(time.time()), name)
+            project.update({k: v for k, v in fields.items() if v is not None})
+            self._append(project)
+            return dict(project)
+
+    def update(self, project_id: str, **fields) -> dict:
+        with self._lock:
+            project = self._projects[self._position[project_id]]
+            project.update(fields)
+            return dict(project)
+
+    def archive(self, project_id: str) -> dict:
+        return self.update(project_id, status="archived", archived_at=int(time.time()))
+
+    def unarchive(self, project_id: str) -> dict:
+        return self.update(project_id, status="active", archived_at=None)
+
+    def remove(self, project_id: str) -> None:
+        with self._lock:
+            del self._projects[self._position.pop(project_id)]
+            self._position = {p["id"]: i for i, p in enumerate(self._projects)}
+
+    def churn(self) -> None:
+        """One step of time passing: a project created, one archived, one renamed, rarely one unarchived."""
+        rng = self._rng
+        with self._lock:
+            active = [p["id"] for p in self._projects if p["status"] == "active"]
+            archived = [p["id"] for p in self._projects if p["status"] == "archived"]
+        self.create(f"{rng.choice(_WORDS)} {rng.choice(_KINDS)} {rng.randrange(1000)}")
+        if active and rng.random() < 0.6:
+            self.archive(rng.choice(active))
+        if active and rng.random() < 0.6:
+            self.update(rng.choice(active), name=f"{rng.choice(_WORDS)} {rng.choice(_KINDS)} v{rng.randrange(9)}")
+        if archived and rng.random() < 0.2:
+            self.unarchive(rng.choice(archived))
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    number: int
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    reset_after: int | None = None  # close the connection after this many body bytes
+    delay: float = 0.0
+
+
+def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+class OrganizationServer(ThreadingHTTPServer):
+    """The Admin API's projects endpoints over HTTP on loopback.
+
+    `fault`, when set, sees each request first and may return a Response to send instead.
+    `requests` records what was asked, so tests can check cursors and counts.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, organization: SimulatedOrganization, admin_key: str, *, host: str = "127.0.0.1",
+                 port: int = 0, page_delay: float = 0.0):
+        self.organization = organization
+        self.admin_key = admin_key
+        self.page_delay = page_delay
+        self.fault: Callable[[Request], Response | None] | None = None
+        self.requests: deque[Request] = deque(maxlen=200_000)
+        self._count_lock = threading.Lock()
+        super().__init__((host, port), _Handler)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "OrganizationServer":
+        threading.Thread(target=self.serve_forever, name="simulator", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def record(self, request: Request) -> Request:
+        with self._count_lock:
+            request.number = len(self.requests) + 1
+            self.requests.append(request)
+        return request
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: OrganizationServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave in separate writes
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet, the tests read `requests`
+        pass
+
+    def do_GET(self):
+        self._handle()
+
+    def do_POST(self):
+        self._handle()
+
+    def _handle(self):
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        request = self.server.record(Request(self.command, url.path, query, dict(self.headers), 0))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        response = self.server.fault(request) if self.server.fault else None
+        if response is None:
+            response = self._route(request, body)
+        self._send(response)
+
+    def _route(self, request: Request, body: bytes) -> Response:
+        if self.headers.get("Authorization") != f"Bearer {self.server.admin_key}":
+            return Response(401, error_body("Incorrect API key provided. You need an Admin API key.",
+                                            code="invalid_api_key"))
+        parts = request.path.rstrip("/").split("/")
+        if parts[:4] != ["", "v1", "organization", "projects"]:
+            return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
+        organization = self.server.organization
+        if len(parts) == 4 and request.method == "GET":
+            return self._list(request.query)
+        if len(parts) == 4 and request.method == "POST":
+            fields = _json_object(body)
+            if not isinstance(fields.get("name"), str):
+                return Response(400, error_body("name is required", param="name"))
+            return _ok(organization.create(**{k: fields.get(k) for k in ("name", "external_key_id", "residency")}))
+        project = organization.get(parts[4]) if len(parts) >= 5 else None
+        if project is None:
+            return Response(404, error_body("No such project", param="project_id"))
+        if len(parts) == 5 and request.method == "GET":
+            return _ok(project)
+        if len(parts) == 5 and request.method == "POST":
+            fields = {k: v for k, v in _json_object(body).items() if k in ("name", "external_key_id")}
+            return _ok(organization.update(project["id"], **fields))
+        if len(parts) == 6 and parts[5] == "archive" and request.method == "POST":
+            return _ok(organization.archive(project["id"]))
+        return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
+
+    def _list(self, query: dict[str, str]) -> Response:
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            return Response(400, error_body("limit must be between 1 and 100", param="limit"))
+        include_archived = query.get("include_archived", "false").lower() == "true"
+        try:
+            data, has_more = self.server.organization.page(query.get("after"), limit, include_archived)
+        except UnknownCursor:
+            return Response(400, error_body("No such object for the `after` cursor", param="after"))
+        document = {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+        return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
+
+    def _send(self, response: Response):
+        if response.delay:
+            time.sleep(response.delay)
+        self.send_response(response.status)
+        headers = {"Content-Type": "application/json", "x-request-id": f"req_{uuid.uuid4().hex}"}
+        headers.update(response.headers)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if response.reset_after is not None:
+            self.wfile.write(response.body[: response.reset_after])
+            self.close_connection = True
+            return
+        self.wfile.write(response.body)
+
+
+def _ok(project: dict) -> Response:
+    return Response(200, json.dumps(project, ensure_ascii=False).encode())
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def start_churn(organization: SimulatedOrganization, every: float, stop: threading.Event) -> threading.Thread:
+    def run():
+        while not stop.wait(every):
+            organization.churn()
+
+    thread = threading.Thread(target=run, name="churn", daemon=True)
+    thread.start()
+    return thread
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exporter.simulator", description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (default a free loopback port)")
+    parser.add_argument("--projects", type=int, default=300)
+    parser.add_argument("--admin-key", default="sk-admin-simulated")
+    parser.add_argument("--churn-seconds", type=float, default=0, help="0 for a still organization")
+    parser.add_argument("--page-delay", type=float, default=0, help="seconds added to each list page")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    server = OrganizationServer(SimulatedOrganization(args.projects, seed=args.seed), args.admin_key,
+                                host=host or "127.0.0.1", port=int(port), page_delay=args.page_delay)
+    stop = threading.Event()
+    if args.churn_seconds > 0:
+        start_churn(server.organization, args.churn_seconds, stop)
+    print(json.dumps({"event": "simulator_listening", "base_url": server.base_url}), flush=True)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    stop.set()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

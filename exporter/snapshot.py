@@ -1,0 +1,75 @@
+"""Immutable snapshots of the organization's projects, and the changes between two of them.
+
+A poll builds one Snapshot; the scheduler swaps it in whole, so readers only ever see a
+complete poll. Nothing here mutates a snapshot after it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, NamedTuple
+
+ACTIVE = "active"
+ARCHIVED = "archived"
+CHANGE_KINDS = ("created", "archived", "unarchived", "renamed", "removed")
+
+
+class Project(NamedTuple):
+    """One project as the exporter needs it. A tuple: small, hashable, cheap to compare."""
+
+    id: str
+    name: str | None
+    status: str
+    created_at: float
+    archived_at: float | None
+    external_key_id: str | None
+    residency: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """All projects of one successful poll, in upstream order, keyed by id."""
+
+    projects: Mapping[str, Project]
+    completed_at: float
+    pages: int
+    duration: float
+    counts: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self):
+        counts = {ACTIVE: 0, ARCHIVED: 0}
+        for project in self.projects.values():
+            counts[project.status] = counts.get(project.status, 0) + 1
+        object.__setattr__(self, "counts", counts)
+
+    @classmethod
+    def build(cls, projects: Iterable[Project], *, completed_at: float, pages: int, duration: float):
+        return cls({p.id: p for p in projects}, completed_at, pages, duration)
+
+
+class Change(NamedTuple):
+    kind: str
+    project: Project
+    old_name: str | None = None
+
+
+def diff(old: Snapshot, new: Snapshot) -> list[Change]:
+    """What happened between two polls, one Change per event, in the new snapshot's order."""
+    changes: list[Change] = []
+    before = old.projects
+    for project_id, project in new.projects.items():
+        previous = before.get(project_id)
+        if previous is None:
+            changes.append(Change("created", project))
+            continue
+        if previous == project:
+            continue
+        if previous.status != ARCHIVED and project.status == ARCHIVED:
+            changes.append(Change("archived", project))
+        elif previous.status == ARCHIVED and project.status != ARCHIVED:
+            changes.append(Change("unarchived", project))
+        if previous.name != project.name:
+            changes.append(Change("renamed", project, old_name=previous.name))
+    after = new.projects
+    changes.extend(Change("removed", p) for pid, p in before.items() if pid not in after)
+    return changes

@@ -1,0 +1,322 @@
+"""The upstream client: every project of the organization, page by page, or a PollError.
+
+One poll is all or nothing: any failure raises PollError with a reason from
+POLL_FAILURE_REASONS and a one-line message, and the caller publishes nothing.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import httpx
+import structlog
+
+from exporter import __version__, logs
+from exporter.settings import AdminKey, SettingsError
+from exporter.snapshot import ACTIVE, ARCHIVED, Project
+
+POLL_FAILURE_REASONS = (
+    "auth", "rate_limited", "http_error", "timeout", "connection", "invalid_response", "pagination",
+)
+PAGE_SIZE = 100  # the upstream maximum: the fewest round trips
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 16.0
+RETRY_AFTER_CAP = 120.0
+
+log = structlog.get_logger("exporter.upstream")
+# Upstream error messages may quote a masked key ("sk-admin-****abcd"); drop any such token.
+_KEY_LIKE = re.compile(r"sk-[\w*.-]{3,}")
+
+
+class PollError(Exception):
+    """A failed poll: `reason` is a metric label, `message` one line for a human."""
+
+    def __init__(self, reason: str, message: str, request_id: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.request_id = request_id
+        self.status = status
+
+
+class PollCancelled(Exception):
+    """The daemon is stopping; the poll gives up without a verdict."""
+
+
+@dataclass(frozen=True)
+class Page:
+    projects: list[Project]
+    has_more: bool
+    next_after: str | None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    projects: list[Project]
+    pages: int
+
+
+class ProjectsClient:
+    """Lists /organization/projects with include_archived=true, following the cursor."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        admin_key: AdminKey,
+        timeout: float,
+        max_retries: int,
+        max_pages: int,
+        stop: threading.Event,
+        on_response: Callable[[int], None] = lambda code: None,
+        max_connections: int = 4,
+    ):
+        self._url = f"{base_url}/organization/projects"
+        self._admin_key = admin_key
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._max_pages = max_pages
+        self._stop = stop
+        self._on_response = on_response
+        self._random = random.Random()
+        self._http = httpx.Client(
+            headers={"User-Agent": f"openai-projects-exporter/{__version__}"},
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def read_key(self) -> str:
+        try:
+            key = self._admin_key.read()
+        except SettingsError as exc:
+            raise PollError("auth", str(exc)) from None
+        logs.add_secret(key)
+        return key
+
+    def fetch_all(self, deadline: float) -> FetchResult:
+        """Walk the whole list from the first page; raise PollError on any fault."""
+        key = self.read_key()
+        projects: list[Project] = []
+        seen: set[str] = set()
+        after: str | None = None
+        pages = 0
+        while True:
+            if pages >= self._max_pages:
+                raise PollError("pagination", f"more than {self._max_pages} pages (--poll.max-pages)")
+            page = self.fetch_page(after, key, deadline)
+            pages += 1
+            for project in page.projects:
+                if project.id in seen:
+                    raise PollError("pagination", f"project {project.id} was listed twice")
+                seen.add(project.id)
+            projects.extend(page.projects)
+            if not page.has_more:
+                return FetchResult(projects, pages)
+            if page.next_after is None or page.next_after == after:
+                raise PollError("pagination", f"the cursor did not advance after {after!r}")
+            after = page.next_after
+
+    def fetch_page(self, after: str | None, key: str, deadline: float) -> Page:
+        """One page, retried on 429, 5xx, timeouts and connection errors at its own cursor."""
+        params = {"limit": PAGE_SIZE, "include_archived": "true"}
+        if after is not None:
+            params["after"] = after
+        headers = {"Authorization": f"Bearer {key}"}
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
+            failure, retry_after = self._attempt(params, headers, min(self._timeout, remaining))
+            if isinstance(failure, Page):
+                return failure
+            retryable = failure.reason in ("rate_limited", "timeout", "connection") or (
+                failure.reason == "http_error" and (failure.status or 0) >= 500
+            )
+            if not retryable or attempt >= self._max_retries:
+                if retryable:
+                    failure.message += f" (gave up after {attempt + 1} attempts)"
+                raise failure
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            if time.monotonic() + delay >= deadline:
+                failure.message += f"; a retry in {delay:.1f}s would pass the poll deadline"
+                raise failure
+            attempt += 1
+            log.warning(
+                "request_retried", reason=failure.reason, detail=failure.message, attempt=attempt,
+                delay=round(delay, 3), after=after, request_id=failure.request_id,
+            )
+            if self._stop.wait(delay):
+                raise PollCancelled()
+
+    def _attempt(self, params, headers, timeout) -> tuple[Page | PollError, float | None]:
+        if self._stop.is_set():
+            raise PollCancelled()
+        try:
+            response = self._http.get(self._url, params=params, headers=headers, timeout=timeout)
+        except httpx.TimeoutException:
+            return PollError("timeout", f"no answer within {timeout:.1f}s"), None
+        except httpx.TransportError as exc:
+            return PollError("connection", f"{type(exc).__name__}: {_one_line(str(exc))}"), None
+        self._on_response(response.status_code)
+        request_id = response.headers.get("x-request-id")
+        if response.status_code == 200:
+            return parse_page(response.content, request_id), None
+        return _http_failure(response, request_id), _retry_after(response.headers)
+
+    def _backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter, so many exporters do not retry in step."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+
+
+def _http_failure(response: httpx.Response, request_id: str | None) -> PollError:
+    status = response.status_code
+    detail = _upstream_message(response.content)
+    if status in (401, 403):
+        reason = "auth"
+        message = f"HTTP {status}: an Admin API key of the organization is needed ({detail})"
+    elif status == 429:
+        reason, message = "rate_limited", f"HTTP 429: rate limited ({detail})"
+    else:
+        reason, message = "http_error", f"HTTP {status} ({detail})"
+    return PollError(reason, message, request_id, status)
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    if not isinstance(message, str) or not message:
+        return "no error message"
+    return _KEY_LIKE.sub("sk-***", _one_line(message))
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return _bounded(float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return _bounded(float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return _bounded(when.timestamp() - time.time())
+
+
+def _bounded(seconds: float) -> float | None:
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def parse_page(body: bytes, request_id: str | None = None) -> Page:
+    """A ProjectListResponse, tolerant of unknown and missing optional fields."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise PollError("invalid_response", "the response is not JSON", request_id) from None
+    try:
+        if not isinstance(document, dict):
+            raise _Invalid("the response is not a JSON object")
+        data = document.get("data")
+        if not isinstance(data, list):
+            raise _Invalid("`data` is not a list")
+        has_more = document.get("has_more")
+        if not isinstance(has_more, bool):
+            raise _Invalid("`has_more` is not a boolean")
+        projects = [parse_project(item) for item in data]
+        last_id = document.get("last_id")
+        if last_id is not None and (not isinstance(last_id, str) or not last_id):
+            raise _Invalid("`last_id` is not a string")
+    except _Invalid as exc:
+        raise PollError("invalid_response", str(exc), request_id) from None
+    next_after = last_id or (projects[-1].id if projects else None)
+    if has_more and not projects:
+        raise PollError("pagination", "`has_more` is true but the page is empty", request_id)
+    return Page(projects, has_more, next_after)
+
+
+def parse_project(item) -> Project:
+    if not isinstance(item, dict):
+        raise _Invalid("a project is not a JSON object")
+    project_id = item.get("id")
+    if not isinstance(project_id, str) or not project_id:
+        raise _Invalid("a project has no `id`")
+    project_id = _clean(project_id)
+    created_at = _number(item.get("created_at"))
+    if created_at is None:
+        raise _Invalid(f"project {project_id}: `created_at` is not a number")
+    archived_at = item.get("archived_at")
+    if archived_at is not None:
+        archived_at = _number(archived_at)
+        if archived_at is None:
+            raise _Invalid(f"project {project_id}: `archived_at` is not a number")
+    status = _optional_text(item, "status", project_id) or (ARCHIVED if archived_at is not None else ACTIVE)
+    return Project(
+        id=project_id,
+        name=_optional_text(item, "name", project_id),
+        status=status,
+        created_at=created_at,
+        archived_at=archived_at,
+        external_key_id=_optional_text(item, "external_key_id", project_id),
+        residency=_optional_text(item, "residency", project_id),
+    )
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _optional_text(item: dict, field: str, project_id: str) -> str | None:
+    value = item.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(f"project {project_id}: `{field}` is not a string")
+    return _clean(value)
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates (valid in JSON escapes, invalid in UTF-8) become U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
