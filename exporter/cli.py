@@ -51,7 +51,7 @@ def run(settings: Settings) -> int:
     client = ProjectsClient(
         base_url=base_url, admin_key=settings.admin_key, timeout=settings.api_timeout,
         max_retries=settings.api_max_retries, max_pages=settings.poll_max_pages, stop=stop,
-        on_response=metrics.record_response, max_connections=max(4, settings.poll_concurrency),
+        on_response=metrics.record_response, concurrency=settings.poll_concurrency,
     )
     poller = Poller(client, SnapshotRenderer(settings.per_project_metrics), metrics, published,
                     settings.poll_timeout)

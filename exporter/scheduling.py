@@ -16,6 +16,7 @@ import structlog
 from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from exporter.chains import fetch_projects
 from exporter.metrics import ExporterMetrics, Exposition, SnapshotRenderer
 from exporter.snapshot import Snapshot, diff
 from exporter.upstream import PollCancelled, PollError, ProjectsClient
@@ -58,7 +59,10 @@ class Poller:
     def poll(self) -> None:
         started = time.monotonic()
         try:
-            result = self._client.fetch_all(started + self._poll_timeout)
+            previous = self._published.current.snapshot
+            previous_ids = list(previous.projects) if previous is not None else []
+            result = fetch_projects(self._client, started + self._poll_timeout, previous_ids)
+            del previous_ids
         except PollCancelled:
             log.info("poll_cancelled", reason="shutting down")
             return

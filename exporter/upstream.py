@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import httpx
 import structlog
@@ -64,6 +64,63 @@ class FetchResult:
     pages: int
 
 
+@dataclass(frozen=True)
+class Walk:
+    """Consecutive projects from one cursor; `stopped_at` is the anchor mark that ended it, if any."""
+
+    projects: list[Project]
+    stopped_at: int | None
+
+
+class RequestLimiter:
+    """Caps the requests in flight during a poll; every 429 halves the cap, down to one."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._busy = 0
+        self._condition = threading.Condition()
+
+    def __enter__(self):
+        with self._condition:
+            while self._busy >= self.limit:
+                self._condition.wait()
+            self._busy += 1
+
+    def __exit__(self, *exc):
+        with self._condition:
+            self._busy -= 1
+            self._condition.notify_all()
+
+    def rate_limited(self) -> None:
+        with self._condition:
+            if self.limit > 1:
+                self.limit = max(1, self.limit // 2)
+                log.warning("poll_concurrency_reduced", concurrency=self.limit, reason="rate_limited")
+
+
+class PollContext:
+    """What every request of one poll shares: key, deadline, page budget and limiter."""
+
+    def __init__(self, key: str, deadline: float, max_pages: int, concurrency: int = 1):
+        self.key = key
+        self.deadline = deadline
+        self.max_pages = max_pages
+        self.limiter = RequestLimiter(concurrency)
+        self.failed = threading.Event()  # one chain failed: the others stop at their next page
+        self._pages = 0
+        self._lock = threading.Lock()
+
+    @property
+    def pages(self) -> int:
+        return self._pages
+
+    def count_page(self) -> None:
+        with self._lock:
+            self._pages += 1
+            if self._pages > self.max_pages:
+                raise PollError("pagination", f"more than {self.max_pages} pages (--poll.max-pages)")
+
+
 class ProjectsClient:
     """Lists /organization/projects with include_archived=true, following the cursor."""
 
@@ -77,7 +134,7 @@ class ProjectsClient:
         max_pages: int,
         stop: threading.Event,
         on_response: Callable[[int], None] = lambda code: None,
-        max_connections: int = 4,
+        concurrency: int = 1,
     ):
         self._url = f"{base_url}/organization/projects"
         self._admin_key = admin_key
@@ -86,10 +143,11 @@ class ProjectsClient:
         self._max_pages = max_pages
         self._stop = stop
         self._on_response = on_response
+        self.concurrency = concurrency
         self._random = random.Random()
         self._http = httpx.Client(
             headers={"User-Agent": f"openai-projects-exporter/{__version__}"},
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             follow_redirects=False,
             trust_env=False,
         )
@@ -105,43 +163,67 @@ class ProjectsClient:
         logs.add_secret(key)
         return key
 
+    def start_poll(self, deadline: float) -> PollContext:
+        return PollContext(self.read_key(), deadline, self._max_pages, self.concurrency)
+
     def fetch_all(self, deadline: float) -> FetchResult:
-        """Walk the whole list from the first page; raise PollError on any fault."""
-        key = self.read_key()
+        """Every project in upstream order by one sequential walk; raise PollError on any fault."""
+        poll = self.start_poll(deadline)
+        return FetchResult(self.walk(None, poll).projects, poll.pages)
+
+    def walk(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int] | None = None,
+             tolerate_unknown_cursor: bool = False) -> Walk | None:
+        """Follow the cursor from `after` to the end, or up to the first id in `stop_at`.
+
+        With `tolerate_unknown_cursor`, a first page refused with 400 or 404 (the anchor
+        no longer exists) gives None instead of failing the poll.
+        """
         projects: list[Project] = []
         seen: set[str] = set()
-        after: str | None = None
-        pages = 0
+        stop_at = stop_at or {}
+        first = True
         while True:
-            if pages >= self._max_pages:
-                raise PollError("pagination", f"more than {self._max_pages} pages (--poll.max-pages)")
-            page = self.fetch_page(after, key, deadline)
-            pages += 1
+            if poll.failed.is_set():
+                return None
+            poll.count_page()
+            try:
+                page = self.fetch_page(after, poll)
+            except PollError as exc:
+                if first and tolerate_unknown_cursor and exc.status in (400, 404):
+                    return None
+                raise
+            first = False
             for project in page.projects:
                 if project.id in seen:
                     raise PollError("pagination", f"project {project.id} was listed twice")
                 seen.add(project.id)
-            projects.extend(page.projects)
+                projects.append(project)
+                mark = stop_at.get(project.id)
+                if mark is not None:
+                    return Walk(projects, mark)
             if not page.has_more:
-                return FetchResult(projects, pages)
+                return Walk(projects, None)
             if page.next_after is None or page.next_after == after:
                 raise PollError("pagination", f"the cursor did not advance after {after!r}")
             after = page.next_after
 
-    def fetch_page(self, after: str | None, key: str, deadline: float) -> Page:
+    def fetch_page(self, after: str | None, poll: PollContext) -> Page:
         """One page, retried on 429, 5xx, timeouts and connection errors at its own cursor."""
         params = {"limit": PAGE_SIZE, "include_archived": "true"}
         if after is not None:
             params["after"] = after
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = {"Authorization": f"Bearer {poll.key}"}
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = poll.deadline - time.monotonic()
             if remaining <= 0:
                 raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
-            failure, retry_after = self._attempt(params, headers, min(self._timeout, remaining))
+            with poll.limiter:
+                failure, retry_after = self._attempt(params, headers, min(self._timeout, remaining))
             if isinstance(failure, Page):
                 return failure
+            if failure.reason == "rate_limited":
+                poll.limiter.rate_limited()
             retryable = failure.reason in ("rate_limited", "timeout", "connection") or (
                 failure.reason == "http_error" and (failure.status or 0) >= 500
             )
@@ -150,7 +232,7 @@ class ProjectsClient:
                     failure.message += f" (gave up after {attempt + 1} attempts)"
                 raise failure
             delay = retry_after if retry_after is not None else self._backoff(attempt)
-            if time.monotonic() + delay >= deadline:
+            if time.monotonic() + delay >= poll.deadline:
                 failure.message += f"; a retry in {delay:.1f}s would pass the poll deadline"
                 raise failure
             attempt += 1

@@ -1,0 +1,92 @@
+"""Parallel cursor chains: a full poll in a fraction of the sequential round trips.
+
+Upstream paging is sequential by nature, but the previous snapshot says roughly where
+each stretch of the list begins. Chain k starts at `after = previous_ids[k * step]` (its
+anchor) and walks until it meets a later chain's anchor; chain 0 starts at the top.
+Stitching chain k up to and including anchor m, then chain m, gives exactly the list a
+sequential walk gives: each chain is a contiguous run of the current list, and it ends
+on the very item the next chain starts after.
+
+When the previous order no longer holds, the result stays right and only gets slower:
+- an anchor that vanished: its chain's first page is refused, and the chain before it
+  walks on, past the missing anchor, to the next anchor it meets (or the end);
+- an anchor that moved: the chain before it never meets it and walks on likewise; the
+  stranded chain's pages are wasted, not used;
+- anything else inconsistent (the list changed under the poll, an id twice): the
+  stitched list is thrown away and one sequential walk decides.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import structlog
+
+from exporter.snapshot import Project
+from exporter.upstream import PAGE_SIZE, FetchResult, PollContext, ProjectsClient, Walk
+
+log = structlog.get_logger("exporter.chains")
+MIN_PAGES_PER_CHAIN = 4  # below this, the chains' extra first pages cost more than they save
+
+
+def worth_chaining(previous_count: int, concurrency: int) -> bool:
+    return concurrency > 1 and previous_count >= concurrency * PAGE_SIZE * MIN_PAGES_PER_CHAIN
+
+
+def fetch_projects(client: ProjectsClient, deadline: float, previous_ids: Sequence[str] = ()) -> FetchResult:
+    """The poll's entry point: chains when they pay off, else one sequential walk."""
+    poll = client.start_poll(deadline)
+    if not worth_chaining(len(previous_ids), client.concurrency):
+        return FetchResult(client.walk(None, poll).projects, poll.pages)
+    projects = _stitch(client, poll, _run_chains(client, poll, previous_ids))
+    if projects is None:
+        log.warning("chains_inconsistent", action="sequential walk")
+        projects = client.walk(None, poll).projects
+    return FetchResult(projects, poll.pages)
+
+
+def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequence[str]):
+    """Walk every chain in its own daemon thread; the first failure fails the poll."""
+    count = client.concurrency
+    step = len(previous_ids) // count
+    anchors = {previous_ids[k * step]: k for k in range(1, count)}
+    starts = [None] + [previous_ids[k * step] for k in range(1, count)]
+    results: list[Walk | None] = [None] * count
+    errors: list[BaseException] = []
+
+    def chain(k: int) -> None:
+        later = {anchor: mark for anchor, mark in anchors.items() if mark > k}
+        try:
+            results[k] = client.walk(starts[k], poll, later, tolerate_unknown_cursor=k > 0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the poll thread below
+            errors.append(exc)
+            poll.failed.set()
+
+    threads = [threading.Thread(target=chain, args=(k,), name="poll", daemon=True) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return starts, anchors, results
+
+
+def _stitch(client: ProjectsClient, poll: PollContext, chains) -> list[Project] | None:
+    starts, anchors, results = chains
+    projects: list[Project] = []
+    mark = 0
+    while True:
+        walk = results[mark]
+        if walk is None:
+            # The anchor was listed a moment ago but its chain was refused: walk it now.
+            later = {a: m for a, m in anchors.items() if m > mark and results[m] is not None}
+            walk = client.walk(starts[mark], poll, later)
+        projects.extend(walk.projects)
+        if walk.stopped_at is None:
+            break
+        mark = walk.stopped_at
+    if len({p.id for p in projects}) != len(projects):
+        return None
+    return projects
