@@ -15,6 +15,7 @@ from exporter.server import ExporterServer
 from exporter.settings import Settings, SettingsError, load
 from exporter.simulator import OrganizationServer, SimulatedOrganization, start_churn
 from exporter.upstream import ProjectsClient
+from exporter.webconfig import WebConfigWatcher
 
 SHUTDOWN_GRACE = 3.0  # seconds a running poll gets to notice the stop; well inside the 5 s promise
 log = structlog.get_logger("exporter")
@@ -54,13 +55,19 @@ def run(settings: Settings) -> int:
         on_response=metrics.record_response, concurrency=settings.poll_concurrency,
     )
     poller = Poller(client, SnapshotRenderer(settings.per_project_metrics), metrics, published,
-                    settings.poll_timeout)
+                    settings.poll_timeout, settings.state_file)
     scheduler = None
     try:
+        web_config = WebConfigWatcher(settings.web_config_file) if settings.web_config_file else None
+    except SettingsError as exc:
+        return _fail(str(exc))
+    try:
         server = ExporterServer(settings.listen_host, settings.listen_port, metrics, published,
-                                healthy=lambda: scheduler is not None and scheduler.running)
+                                healthy=lambda: scheduler is not None and scheduler.running,
+                                web_config=web_config)
     except OSError as exc:
         return _fail(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}")
+    poller.restore()
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

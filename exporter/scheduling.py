@@ -11,11 +11,13 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import structlog
 from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from exporter import state
 from exporter.chains import fetch_projects
 from exporter.metrics import ExporterMetrics, Exposition, SnapshotRenderer
 from exporter.snapshot import Snapshot, diff
@@ -49,12 +51,26 @@ class Published:
 
 class Poller:
     def __init__(self, client: ProjectsClient, renderer: SnapshotRenderer, metrics: ExporterMetrics,
-                 published: Published, poll_timeout: float):
+                 published: Published, poll_timeout: float, state_file: Path | None = None):
         self._client = client
         self._renderer = renderer
         self._metrics = metrics
         self._published = published
         self._poll_timeout = poll_timeout
+        self._state_file = state_file
+
+    def restore(self) -> None:
+        """Serve the snapshot of the state file, if any, until the first poll replaces it.
+
+        openai_up stays 0 and the last-success timestamp is the saved one, so the data is
+        visibly stale; the first poll then logs and counts what changed while we were down.
+        """
+        if self._state_file is None:
+            return
+        snapshot = state.load(self._state_file)
+        if snapshot is not None:
+            self._published.current = self._renderer.render(snapshot)
+            self._metrics.last_success.set(snapshot.completed_at)
 
     def poll(self) -> None:
         started = time.monotonic()
@@ -83,8 +99,17 @@ class Poller:
         self._metrics.record_success(snapshot, changes)
         self._published.last_outcome = PollOutcome(True, snapshot.completed_at, duration)
         self._log_changes(previous, snapshot, changes)
+        self._save(snapshot)
         log.info("poll_succeeded", projects=len(snapshot.projects), active=snapshot.counts["active"],
                  archived=snapshot.counts["archived"], pages=snapshot.pages, duration=round(duration, 3))
+
+    def _save(self, snapshot: Snapshot) -> None:
+        if self._state_file is None:
+            return
+        try:
+            state.save(self._state_file, snapshot)
+        except OSError as exc:
+            log.warning("state_file_write_failed", path=str(self._state_file), reason=exc.strerror or str(exc))
 
     def _failed(self, reason: str, message: str, started: float, request_id: str | None = None) -> None:
         duration = time.monotonic() - started

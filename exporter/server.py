@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import socket
+import ssl
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -18,8 +19,11 @@ import structlog
 from exporter import __version__
 from exporter.metrics import ExporterMetrics
 from exporter.scheduling import Published
+from exporter.webconfig import WebConfigWatcher
 
 log = structlog.get_logger("exporter.http")
+HANDSHAKE_TIMEOUT = 10.0
+REALM = 'Basic realm="openai-projects-exporter", charset="UTF-8"'
 
 
 def accepts_gzip(header: str | None) -> bool:
@@ -41,10 +45,11 @@ class ExporterServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, host: str, port: int, metrics: ExporterMetrics, published: Published,
-                 healthy: Callable[[], bool]):
+                 healthy: Callable[[], bool], web_config: WebConfigWatcher | None = None):
         self.metrics = metrics
         self.published = published
         self.healthy = healthy
+        self.web_config = web_config
         if host in ("", "::") and socket.has_ipv6:
             self.address_family = socket.AF_INET6
             host = "::"
@@ -62,15 +67,39 @@ class ExporterServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def get_request(self):
+        sock, address = super().get_request()
+        tls = self.web_config.current().tls if self.web_config else None
+        if tls is not None:
+            # The handshake happens in the request's own thread (finish_request), so a slow
+            # or plain-HTTP client never holds up the accept loop.
+            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request, client_address):
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.info("tls_handshake_failed", client=client_address[0], reason=" ".join(str(exc).split())[:200])
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes the same target again and again
     disable_nagle_algorithm = True  # headers and body leave in separate writes; no 40 ms delayed-ACK stall
+    timeout = 120  # an idle keep-alive connection gives its thread back after this
     server_version = f"openai-projects-exporter/{__version__}"
 
     def do_GET(self):
         path = urlsplit(self.path).path
+        if path != "/healthz" and not self._authorized():  # liveness probes carry no credentials
+            self._send(401, "text/plain; charset=utf-8", [b"unauthorized\n"], {"WWW-Authenticate": REALM})
+            return
         if path == "/metrics":
             self._metrics()
         elif path == "/healthz":
@@ -86,6 +115,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self):
         self.do_GET()
+
+    def _authorized(self) -> bool:
+        watcher = self.server.web_config
+        if watcher is None:
+            return True
+        return watcher.authorized(watcher.current(), self.headers.get("Authorization"))
 
     def _metrics(self):
         gzip = accepts_gzip(self.headers.get("Accept-Encoding"))

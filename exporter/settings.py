@@ -112,6 +112,8 @@ class Settings:
     log_format: str
     demo: bool
     demo_projects: int
+    web_config_file: Path | None = None
+    state_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def _env_name(flag: str) -> str:
 _FLAGS = [
     _Flag("web.listen-address", _env_name("web.listen-address"),
           "address for /metrics, /healthz, /readyz and /", f":{DEFAULT_PORT}", "HOST:PORT"),
+    _Flag("web.config.file", _env_name("web.config.file"),
+          "exporter-toolkit web config (YAML) for TLS and basic auth", None, "PATH"),
     _Flag("api.base-url", "OPENAI_BASE_URL", "OpenAI API base URL", DEFAULT_BASE_URL, "URL"),
     _Flag("api.admin-key-file", "OPENAI_ADMIN_KEY_FILE",
           "file holding the Admin API key, read again before each poll; "
@@ -147,6 +151,8 @@ _FLAGS = [
           "parallel cursor chains per poll, seeded from the previous snapshot", "1", "N"),
     _Flag("metrics.per-project", _env_name("metrics.per-project"),
           "expose per-project series (_info, _created_, _archived_)", "true", "BOOL"),
+    _Flag("state.file", _env_name("state.file"),
+          "keep the last good snapshot here, to serve it at once after a restart", None, "PATH"),
     _Flag("log.level", _env_name("log.level"), "debug, info, warning or error", "info", "LEVEL"),
     _Flag("log.format", _env_name("log.format"), "json or console", "json", "FORMAT"),
     _Flag("demo", _env_name("demo"),
@@ -270,4 +276,6 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         log_format=_convert("log.format", raw["log.format"], _choice("json", "console")),
         demo=demo,
         demo_projects=_convert("demo.projects", raw["demo.projects"], _positive_int),
+        web_config_file=Path(raw["web.config.file"]) if raw["web.config.file"] else None,
+        state_file=Path(raw["state.file"]) if raw["state.file"] else None,
     )

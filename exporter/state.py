@@ -1,0 +1,77 @@
+"""`--state.file`: the last good snapshot on disk, so a restart serves data at once.
+
+Written after each good poll through a temporary file, fsync and rename, so a crash at
+any moment leaves either the old file or the new one, never half of one. Anything that
+is not a state file of ours is ignored with a warning: a restart never fails on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import structlog
+
+from exporter.snapshot import Project, Snapshot
+
+FORMAT = "openai-projects-exporter/state"
+VERSION = 1
+log = structlog.get_logger("exporter.state")
+
+
+def save(path: Path, snapshot: Snapshot) -> None:
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "completed_at": snapshot.completed_at,
+        "pages": snapshot.pages,
+        "duration": snapshot.duration,
+        "projects": [list(project) for project in snapshot.projects.values()],
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, ensure_ascii=False, separators=(",", ":"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def load(path: Path) -> Snapshot | None:
+    """The saved snapshot, or None (with a warning unless the file simply does not exist yet)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        log.info("state_file_absent", path=str(path))
+        return None
+    except OSError as exc:
+        log.warning("state_file_ignored", path=str(path), reason=f"unreadable: {exc.strerror}")
+        return None
+    try:
+        document = json.loads(raw)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValueError("not a state file of this exporter")
+        if document.get("version") != VERSION:
+            raise ValueError(f"state version {document.get('version')!r}, expected {VERSION}")
+        projects = [_project(row) for row in document["projects"]]
+        snapshot = Snapshot.build(projects, completed_at=float(document["completed_at"]),
+                                  pages=int(document["pages"]), duration=float(document["duration"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("state_file_ignored", path=str(path), reason=" ".join(str(exc).split())[:200])
+        return None
+    log.info("state_file_loaded", path=str(path), projects=len(snapshot.projects))
+    return snapshot
+
+
+def _project(row) -> Project:
+    if not isinstance(row, list) or len(row) != len(Project._fields):
+        raise ValueError("a project row has the wrong shape")
+    project = Project(*row)
+    if not isinstance(project.id, str) or not isinstance(project.created_at, (int, float)):
+        raise ValueError("a project row has the wrong types")
+    return project
