@@ -18,6 +18,7 @@ When the previous order no longer holds, the result stays right and only gets sl
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Sequence
 
@@ -63,7 +64,9 @@ def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequenc
             errors.append(exc)
             poll.failed.set()
 
-    threads = [threading.Thread(target=chain, args=(k,), name="poll", daemon=True) for k in range(count)]
+    # Each chain runs in a copy of the poll's context, so its log lines keep the poll's bound fields.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(chain, k), name="poll", daemon=True)
+               for k in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:

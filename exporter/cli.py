@@ -5,19 +5,20 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 import structlog
 
 from exporter import __version__, logs
-from exporter.metrics import ExporterMetrics, SnapshotRenderer
-from exporter.scheduling import Poller, Published, start_scheduler
+from exporter.metrics import exporter_registry
+from exporter.organizations import Fleet, from_settings, load_config
+from exporter.scheduling import new_scheduler
 from exporter.server import ExporterServer
 from exporter.settings import Settings, SettingsError, load
 from exporter.simulator import OrganizationServer, SimulatedOrganization, start_churn
-from exporter.upstream import ProjectsClient
 from exporter.webconfig import WebConfigWatcher
 
-SHUTDOWN_GRACE = 3.0  # seconds a running poll gets to notice the stop; well inside the 5 s promise
+SHUTDOWN_GRACE = 3.0  # seconds running polls get to notice the stop; well inside the 5 s promise
 log = structlog.get_logger("exporter")
 
 
@@ -29,6 +30,11 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load(argv)
+        if settings.config_check:
+            organizations = load_config(settings.config_file, settings)
+            print(f"{settings.config_file}: good, {len(organizations)} organizations: "
+                  + ", ".join(o.alias for o in organizations))
+            return 0
     except SettingsError as exc:
         return _fail(str(exc))
     logs.configure(settings.log_level, settings.log_format)
@@ -39,46 +45,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: Settings) -> int:
-    stop = threading.Event()
-    base_url, simulator = settings.base_url, None
+    stop, reload = threading.Event(), threading.Event()
+    simulator = None
+    try:
+        if settings.config_file:
+            configs = load_config(settings.config_file, settings)
+        else:
+            configs = [from_settings(settings)]
+        web_config = WebConfigWatcher(settings.web_config_file) if settings.web_config_file else None
+    except SettingsError as exc:
+        return _fail(str(exc))
     if settings.demo:
         simulator = OrganizationServer(SimulatedOrganization(settings.demo_projects),
                                        settings.admin_key.read()).start()
         start_churn(simulator.organization, max(1.0, settings.poll_interval / 2), stop)
-        base_url = simulator.base_url
+        configs = [replace(configs[0], base_url=simulator.base_url)]
 
-    published = Published()
-    metrics = ExporterMetrics(lambda: published.current)
-    client = ProjectsClient(
-        base_url=base_url, admin_key=settings.admin_key, timeout=settings.api_timeout,
-        max_retries=settings.api_max_retries, max_pages=settings.poll_max_pages, stop=stop,
-        on_response=metrics.record_response, concurrency=settings.poll_concurrency,
-    )
-    poller = Poller(client, SnapshotRenderer(settings.per_project_metrics), metrics, published,
-                    settings.poll_timeout, settings.state_file)
-    scheduler = None
+    scheduler = new_scheduler()
+    fleet = Fleet(scheduler, exporter_registry(), multi=settings.config_file is not None)
     try:
-        web_config = WebConfigWatcher(settings.web_config_file) if settings.web_config_file else None
-    except SettingsError as exc:
-        return _fail(str(exc))
-    try:
-        server = ExporterServer(settings.listen_host, settings.listen_port, metrics, published,
-                                healthy=lambda: scheduler is not None and scheduler.running,
-                                web_config=web_config)
+        server = ExporterServer(settings.listen_host, settings.listen_port, fleet,
+                                healthy=lambda: scheduler.running, web_config=web_config)
     except OSError as exc:
         return _fail(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}")
-    poller.restore()
+    fleet.apply(configs)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    scheduler = start_scheduler(poller.poll, settings.poll_interval)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    scheduler.start()
     log.info("exporter_started", version=__version__, listen=f"{settings.listen_host}:{server.port}",
-             base_url=base_url, poll_interval=settings.poll_interval, demo=settings.demo)
-    while not stop.wait(1.0):
-        pass
+             organizations=len(configs), demo=settings.demo,
+             base_url=None if settings.config_file else configs[0].base_url)
+    while not stop.wait(0.5):
+        if reload.is_set():
+            reload.clear()
+            _reload(settings, fleet)
 
     log.info("exporter_stopping")
+    fleet.stop_all()
     scheduler.shutdown(wait=False)
     server.shutdown()
     server.server_close()
@@ -86,8 +92,22 @@ def run(settings: Settings) -> int:
     for thread in polls:
         thread.join(SHUTDOWN_GRACE / max(1, len(polls)))
     if not any(t.is_alive() for t in polls):
-        client.close()
+        fleet.close_clients()
     if simulator is not None:
         simulator.stop()
     log.info("exporter_stopped")
     return 0
+
+
+def _reload(settings: Settings, fleet: Fleet) -> None:
+    """SIGHUP: apply the config file again; a bad file is logged and the running config kept."""
+    if settings.config_file is None:
+        log.info("reload_ignored", reason="no --config.file to read again")
+        return
+    try:
+        configs = load_config(settings.config_file, settings)
+    except SettingsError as exc:
+        log.error("config_reload_failed", reason=str(exc), action="kept the running config")
+        return
+    fleet.apply(configs)
+    log.info("config_reloaded", organizations=len(configs))

@@ -25,7 +25,7 @@ import bisect
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily
@@ -181,43 +181,94 @@ class SnapshotRenderer:
         return Exposition(snapshot, b"".join(parts), AgeIndex.build(snapshot.projects.values()))
 
 
-class ExporterMetrics:
-    """The exporter's own metrics, plus the live age histogram of the current exposition."""
+def exporter_registry() -> CollectorRegistry:
+    """The registry behind /metrics: process, platform, GC and build info, then poll health."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Gauge("openai_exporter_build_info", "Build of this exporter; always 1.", ["version"],
+          registry=registry).labels(__version__).set(1)
+    return registry
 
-    def __init__(self, current_exposition):
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._current = current_exposition
-        registry = self.registry
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        Gauge("openai_exporter_build_info", "Build of this exporter; always 1.", ["version"],
-              registry=registry).labels(__version__).set(1)
+
+class HealthMetrics:
+    """The health of the background polls; labelled `organization` when there are several."""
+
+    def __init__(self, registry: CollectorRegistry, by_organization: bool = False):
+        org = ["organization"] if by_organization else []
         self.up = Gauge("openai_up", "1 when the last background poll of the Admin API succeeded, else 0.",
-                        registry=registry)
+                        org, registry=registry)
         self.last_success = Gauge(
             "openai_last_successful_poll_timestamp_seconds",
-            "Unix time the last successful background poll ended; 0 before the first.", registry=registry)
+            "Unix time the last successful background poll ended; 0 before the first.", org, registry=registry)
         self.poll_duration = Gauge("openai_poll_duration_seconds",
-                                   "Duration of the last background poll, successful or not.", registry=registry)
+                                   "Duration of the last background poll, successful or not.", org,
+                                   registry=registry)
         self.polls = Counter("openai_polls_total", "Background polls of the Admin API, finished or failed.",
-                             registry=registry)
+                             org, registry=registry)
         self.failures = Counter("openai_poll_failures_total", "Background polls that failed, by reason.",
-                                ["reason"], registry=registry)
-        self.changes = Counter("openai_project_changes_total",
-                               "Project changes seen between successive background polls, by kind.",
-                               ["change"], registry=registry)
+                                org + ["reason"], registry=registry)
         self.requests = Counter("openai_api_requests_total",
                                 "Upstream HTTP responses to background polls, by status code.",
-                                ["code"], registry=registry)
+                                org + ["code"], registry=registry)
+
+
+def _remove(metric, labels) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
+class OrganizationMetrics:
+    """What one organization's polls record: its health children, its change counter, its ages.
+
+    `project_registry` holds the per-organization project metrics (the change counter and
+    the age histogram): /metrics' own registry for a single organization, a registry of the
+    organization's own, served by /probe, when there are several.
+    """
+
+    def __init__(self, health: HealthMetrics, alias: str | None, project_registry: CollectorRegistry,
+                 current_exposition: Callable[[], "Exposition"]):
+        org = (alias,) if alias is not None else ()
+
+        def child(metric, *labels):
+            return metric.labels(*org, *labels) if org or labels else metric
+
+        self._child = child
+        self._health = health
+        self._alias = alias
+        self._codes: set[str] = set()
+        self.up = child(health.up)
+        self.last_success = child(health.last_success)
+        self.poll_duration = child(health.poll_duration)
+        self.polls = child(health.polls)
+        self.registry = project_registry
+        self.changes = Counter("openai_project_changes_total",
+                               "Project changes seen between successive background polls, by kind.",
+                               ["change"], registry=project_registry)
         for reason in POLL_FAILURE_REASONS:
-            self.failures.labels(reason)
+            child(health.failures, reason)
         for kind in CHANGE_KINDS:
             self.changes.labels(kind)
-        registry.register(_AgeHistogram(current_exposition))
+        project_registry.register(_AgeHistogram(current_exposition))
 
     def record_response(self, code: int) -> None:
-        self.requests.labels(str(code)).inc()
+        self._codes.add(str(code))
+        self._child(self._health.requests, str(code)).inc()
+
+    def forget(self) -> None:
+        """Drop a removed organization's health series, so they do not linger as stale values."""
+        if self._alias is None:
+            return
+        health, alias = self._health, self._alias
+        for metric in (health.up, health.last_success, health.poll_duration, health.polls):
+            _remove(metric, (alias,))
+        for reason in POLL_FAILURE_REASONS:
+            _remove(health.failures, (alias, reason))
+        for code in self._codes:
+            _remove(health.requests, (alias, code))
 
     def record_success(self, snapshot: Snapshot, changes: Sequence[Change]) -> None:
         self.polls.inc()
@@ -229,17 +280,19 @@ class ExporterMetrics:
 
     def record_failure(self, reason: str, duration: float) -> None:
         self.polls.inc()
-        self.failures.labels(reason).inc()
+        self._child(self._health.failures, reason).inc()
         self.poll_duration.set(duration)
         self.up.set(0)
 
-    def scrape(self, accept: str | None, gzip: bool) -> tuple[list[bytes], str]:
-        """The body chunks and content type for one scrape; no upstream call, no lock."""
-        exposition = self._current()
-        encoder, content_type = choose_encoder(accept or "")
-        tail = encoder(self.registry)
-        chunks = exposition.gzip_body(tail) if gzip else exposition.body(tail)
-        return chunks, content_type
+
+def scrape(exposition: "Exposition", registry: CollectorRegistry | None, accept: str | None,
+           gzip: bool) -> tuple[list[bytes], str]:
+    """The body chunks and content type of one scrape: cached block plus the live registry."""
+    encoder, content_type = choose_encoder(accept or "")
+    tail = encoder(registry) if registry is not None else b""
+    if registry is None and content_type.startswith("application/openmetrics-text"):
+        tail = b"# EOF\n"
+    return (exposition.gzip_body(tail) if gzip else exposition.body(tail)), content_type
 
 
 class _AgeHistogram:

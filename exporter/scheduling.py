@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 
 import structlog
@@ -19,7 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import state
 from exporter.chains import fetch_projects
-from exporter.metrics import ExporterMetrics, Exposition, SnapshotRenderer
+from exporter.metrics import Exposition, OrganizationMetrics, SnapshotRenderer
 from exporter.snapshot import Snapshot, diff
 from exporter.upstream import PollCancelled, PollError, ProjectsClient
 
@@ -50,7 +50,7 @@ class Published:
 
 
 class Poller:
-    def __init__(self, client: ProjectsClient, renderer: SnapshotRenderer, metrics: ExporterMetrics,
+    def __init__(self, client: ProjectsClient, renderer: SnapshotRenderer, metrics: OrganizationMetrics,
                  published: Published, poll_timeout: float, state_file: Path | None = None):
         self._client = client
         self._renderer = renderer
@@ -151,14 +151,10 @@ class DaemonThreadExecutor(BaseExecutor):
         threading.Thread(target=target, name="poll", daemon=True).start()
 
 
-def start_scheduler(poll, interval: float) -> BackgroundScheduler:
-    """The first poll now, then one every `interval`; never two at once, missed runs merged."""
-    scheduler = BackgroundScheduler(
+def new_scheduler() -> BackgroundScheduler:
+    """A scheduler whose jobs never overlap themselves and merge missed runs; not yet started."""
+    return BackgroundScheduler(
         executors={"default": DaemonThreadExecutor()},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         timezone=timezone.utc,
     )
-    scheduler.add_job(poll, "interval", seconds=interval, id="poll", name="poll",
-                      next_run_time=datetime.now(timezone.utc))
-    scheduler.start()
-    return scheduler

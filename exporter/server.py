@@ -11,17 +11,20 @@ import socket
 import ssl
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import parse_qs, quote, urlsplit
 
 import structlog
 
 from exporter import __version__
-from exporter.metrics import ExporterMetrics
-from exporter.scheduling import Published
+from exporter.metrics import Exposition, scrape
 from exporter.webconfig import WebConfigWatcher
 
+if TYPE_CHECKING:
+    from exporter.organizations import Fleet
+
 log = structlog.get_logger("exporter.http")
+NO_PROJECTS = Exposition(None)  # /metrics of a multi-organization exporter: its own metrics only
 HANDSHAKE_TIMEOUT = 10.0
 REALM = 'Basic realm="openai-projects-exporter", charset="UTF-8"'
 
@@ -44,10 +47,9 @@ class ExporterServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow scraper never holds up shutdown
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, metrics: ExporterMetrics, published: Published,
-                 healthy: Callable[[], bool], web_config: WebConfigWatcher | None = None):
-        self.metrics = metrics
-        self.published = published
+    def __init__(self, host: str, port: int, fleet: "Fleet", healthy: Callable[[], bool],
+                 web_config: WebConfigWatcher | None = None):
+        self.fleet = fleet
         self.healthy = healthy
         self.web_config = web_config
         if host in ("", "::") and socket.has_ipv6:
@@ -96,19 +98,22 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"openai-projects-exporter/{__version__}"
 
     def do_GET(self):
-        path = urlsplit(self.path).path
-        if path != "/healthz" and not self._authorized():  # liveness probes carry no credentials
+        url = urlsplit(self.path)
+        if url.path != "/healthz" and not self._authorized():  # liveness probes carry no credentials
             self._send(401, "text/plain; charset=utf-8", [b"unauthorized\n"], {"WWW-Authenticate": REALM})
             return
-        if path == "/metrics":
-            self._metrics()
-        elif path == "/healthz":
+        fleet = self.server.fleet
+        if url.path == "/metrics":
+            single = None if fleet.multi else fleet.get(None)
+            self._scrape(single.published.current if single else NO_PROJECTS, fleet.registry)
+        elif url.path == "/probe":
+            self._probe(parse_qs(url.query).get("organization", [""])[-1])
+        elif url.path == "/healthz":
             ok = self.server.healthy()
             self._text(200 if ok else 503, "ok\n" if ok else "scheduler not running\n")
-        elif path == "/readyz":
-            ready = self.server.published.ready
-            self._text(200 if ready else 503, "ready\n" if ready else "not ready: no successful poll yet\n")
-        elif path in ("/", "/index.html"):
+        elif url.path == "/readyz":
+            self._readyz()
+        elif url.path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", [self._index().encode()])
         else:
             self._text(404, "not found; try /metrics\n")
@@ -122,10 +127,33 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return watcher.authorized(watcher.current(), self.headers.get("Authorization"))
 
-    def _metrics(self):
+    def _probe(self, alias: str):
+        fleet = self.server.fleet
+        if not fleet.multi:
+            self._text(400, "/probe serves the organizations of --config.file; this exporter has one: see /metrics\n")
+            return
+        organization = fleet.get(alias) if alias else None
+        if organization is None:
+            known = ", ".join(sorted(a for a in fleet.organizations if a))
+            self._text(400, f"unknown organization {alias!r}; known: {known}\n" if alias else
+                       f"missing ?organization=ALIAS; known: {known}\n")
+            return
+        self._scrape(organization.published.current, organization.metrics.registry)
+
+    def _scrape(self, exposition: Exposition, registry):
         gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
-        chunks, content_type = self.server.metrics.scrape(self.headers.get("Accept"), gzip)
+        chunks, content_type = scrape(exposition, registry, self.headers.get("Accept"), gzip)
         self._send(200, content_type, chunks, {"Content-Encoding": "gzip"} if gzip else {})
+
+    def _readyz(self):
+        fleet = self.server.fleet
+        if not fleet.multi:
+            ready = fleet.ready
+            self._text(200 if ready else 503, "ready\n" if ready else "not ready: no successful poll yet\n")
+            return
+        lines = [f"{alias}: {'ready' if o.published.ready else 'not ready: no successful poll yet'}"
+                 for alias, o in sorted(fleet.organizations.items())]
+        self._text(200 if fleet.ready else 503, "\n".join(lines) + "\n")
 
     def _text(self, status: int, text: str):
         self._send(status, "text/plain; charset=utf-8", [text.encode()])
@@ -143,22 +171,26 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
 
     def _index(self) -> str:
-        published = self.server.published
-        outcome = published.last_outcome
-        snapshot = published.current.snapshot
-        if outcome is None:
-            last = "no poll has finished yet"
-        elif outcome.ok:
-            last = f"succeeded {time.time() - outcome.finished_at:.0f}s ago in {outcome.duration:.2f}s"
-        else:
-            last = (f"failed {time.time() - outcome.finished_at:.0f}s ago: "
-                    f"{html.escape(outcome.reason)}: {html.escape(outcome.message)}")
-        counts = ("no snapshot yet" if snapshot is None else
-                  ", ".join(f"{html.escape(k)}: {v}" for k, v in snapshot.counts.items()))
+        fleet = self.server.fleet
+        rows = []
+        for alias, organization in sorted(fleet.organizations.items(), key=lambda item: item[0] or ""):
+            published = organization.published
+            outcome, snapshot = published.last_outcome, published.current.snapshot
+            if outcome is None:
+                last = "no poll has finished yet"
+            elif outcome.ok:
+                last = f"succeeded {time.time() - outcome.finished_at:.0f}s ago in {outcome.duration:.2f}s"
+            else:
+                last = (f"failed {time.time() - outcome.finished_at:.0f}s ago: "
+                        f"{html.escape(outcome.reason)}: {html.escape(outcome.message)}")
+            counts = ("no snapshot yet" if snapshot is None else
+                      ", ".join(f"{html.escape(k)}: {v}" for k, v in snapshot.counts.items()))
+            link = f' (<a href="/probe?organization={quote(alias)}">/probe</a>)' if alias else ""
+            name = html.escape(alias) if alias else "Organization"
+            rows.append(f"<li><b>{name}</b>{link}: last poll {last}; projects: {counts}.</li>")
         return (
             "<!doctype html><html><head><meta charset=utf-8><title>OpenAI projects exporter</title></head>"
-            f"<body><h1>OpenAI projects exporter {__version__}</h1>"
-            f"<p>Last poll: {last}.</p><p>Projects: {counts}.</p>"
+            f"<body><h1>OpenAI projects exporter {__version__}</h1><ul>{''.join(rows)}</ul>"
             '<ul><li><a href="/metrics">/metrics</a></li><li><a href="/healthz">/healthz</a></li>'
             '<li><a href="/readyz">/readyz</a></li></ul></body></html>\n'
         )

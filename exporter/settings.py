@@ -100,7 +100,7 @@ class Settings:
     listen_host: str
     listen_port: int
     base_url: str
-    admin_key: AdminKey
+    admin_key: AdminKey | None  # None with --config.file, where each organization names its own
     api_timeout: float
     api_max_retries: int
     poll_interval: float
@@ -114,6 +114,8 @@ class Settings:
     demo_projects: int
     web_config_file: Path | None = None
     state_file: Path | None = None
+    config_file: Path | None = None
+    config_check: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,11 @@ def _env_name(flag: str) -> str:
 _FLAGS = [
     _Flag("web.listen-address", _env_name("web.listen-address"),
           "address for /metrics, /healthz, /readyz and /", f":{DEFAULT_PORT}", "HOST:PORT"),
+    _Flag("config.file", _env_name("config.file"),
+          "YAML list of organizations to serve on /probe?organization=ALIAS (several organizations)",
+          None, "PATH"),
+    _Flag("config.check", _env_name("config.check"),
+          "check --config.file, print the verdict and exit (0 good, 2 bad)", "false", "BOOL"),
     _Flag("web.config.file", _env_name("web.config.file"),
           "exporter-toolkit web config (YAML) for TLS and basic auth", None, "PATH"),
     _Flag("api.base-url", "OPENAI_BASE_URL", "OpenAI API base URL", DEFAULT_BASE_URL, "URL"),
@@ -233,6 +240,10 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     environ = dict(os.environ if environ is None else environ)
     raw = _raw_values(argv, environ)
     demo = _convert("demo", raw["demo"], parse_bool)
+    if raw["config.file"] and demo:
+        raise SettingsError("--demo and --config.file exclude each other")
+    if _convert("config.check", raw["config.check"], parse_bool) and not raw["config.file"]:
+        raise SettingsError("--config.check needs --config.file")
 
     interval_text = raw["poll.interval"] or (f"{DEMO_POLL_INTERVAL}s" if demo else "5m")
     poll_interval = _convert("poll.interval", interval_text, parse_duration)
@@ -255,6 +266,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         admin_key.read()  # fail at start, not at the first poll
     elif environ.get(KEY_ENV, "").strip():
         admin_key = AdminKey(value=environ[KEY_ENV].strip())
+    elif raw["config.file"]:
+        admin_key = None
     else:
         raise SettingsError(
             f"no admin key: set {KEY_ENV} or --api.admin-key-file (or run with --demo)"
@@ -278,4 +291,6 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         demo_projects=_convert("demo.projects", raw["demo.projects"], _positive_int),
         web_config_file=Path(raw["web.config.file"]) if raw["web.config.file"] else None,
         state_file=Path(raw["state.file"]) if raw["state.file"] else None,
+        config_file=Path(raw["config.file"]) if raw["config.file"] else None,
+        config_check=_convert("config.check", raw["config.check"], parse_bool),
     )
