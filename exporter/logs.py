@@ -12,17 +12,20 @@ import sys
 
 import structlog
 
-_secrets: set[str] = set()
+# A tuple swapped whole, so a log line on another thread never iterates a set that grows.
+_secrets: tuple[str, ...] = ()
 REDACTED = "<redacted>"
 
 
 def add_secret(secret: str) -> None:
     """Register a value that must never be printed (the admin key, each time it is read)."""
-    if secret:
-        _secrets.add(secret)
+    global _secrets
+    if secret and secret not in _secrets:
+        _secrets = (*_secrets, secret)
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
+    """`text` with every registered secret replaced."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
@@ -34,11 +37,12 @@ def redact(_, __, event_dict: dict) -> dict:
         return event_dict
     for key, value in event_dict.items():
         if isinstance(value, str):
-            event_dict[key] = _scrub(value)
+            event_dict[key] = scrub(value)
         elif value is not None and not isinstance(value, (int, float, bool)):
             text = str(value)
-            if _scrub(text) != text:
-                event_dict[key] = _scrub(text)
+            cleaned = scrub(text)
+            if cleaned != text:
+                event_dict[key] = cleaned
     return event_dict
 
 

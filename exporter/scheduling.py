@@ -75,24 +75,23 @@ class Poller:
     def poll(self) -> None:
         started = time.monotonic()
         try:
-            previous = self._published.current.snapshot
-            previous_ids = list(previous.projects) if previous is not None else []
-            result = fetch_projects(self._client, started + self._poll_timeout, previous_ids)
-            del previous_ids
+            self._poll(started)
         except PollCancelled:
             log.info("poll_cancelled", reason="shutting down")
-            return
         except PollError as exc:
             self._failed(exc.reason, exc.message, started, exc.request_id)
-            return
-        except Exception as exc:  # a bug must not kill the schedule; say it in one line
+        except Exception as exc:  # a bug must not kill the schedule nor print a traceback
             self._failed("internal", f"{type(exc).__name__}: {exc}", started)
-            return
+
+    def _poll(self, started: float) -> None:
+        previous = self._published.current.snapshot
+        previous_ids = list(previous.projects) if previous is not None else []
+        result = fetch_projects(self._client, started + self._poll_timeout, previous_ids)
+        del previous_ids
         duration = time.monotonic() - started
         snapshot = Snapshot.build(result.projects, completed_at=time.time(), pages=result.pages,
                                   duration=duration)
         del result  # bound memory: only the previous and the new snapshot from here on
-        previous = self._published.current.snapshot
         exposition = self._renderer.render(snapshot)
         changes = diff(previous, snapshot) if previous is not None else []
         self._published.current = exposition

@@ -284,7 +284,7 @@ def _upstream_message(body: bytes) -> str:
         message = None
     if not isinstance(message, str) or not message:
         return "no error message"
-    return _KEY_LIKE.sub("sk-***", _one_line(message))
+    return logs.scrub(_KEY_LIKE.sub("sk-***", _one_line(message)))
 
 
 def _one_line(text: str, limit: int = 200) -> str:
