@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import socket
 import ssl
+import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Callable
@@ -68,6 +69,11 @@ class ExporterServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    def handle_error(self, request, client_address):
+        # A scraper that hangs up mid-body is routine, not a traceback on stderr.
+        exc = sys.exc_info()[1]
+        log.info("http_connection_error", client=client_address[0], error=f"{type(exc).__name__}: {exc}"[:200])
 
     def get_request(self):
         sock, address = super().get_request()
