@@ -6,7 +6,9 @@ complete poll. Nothing here mutates a snapshot after it is built.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable, Mapping, NamedTuple
 
 ACTIVE = "active"
@@ -26,6 +28,9 @@ class Project(NamedTuple):
     residency: str | None
 
 
+_status = itemgetter(2)  # Project.status
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """All projects of one successful poll, in upstream order, keyed by id."""
@@ -37,9 +42,7 @@ class Snapshot:
     counts: Mapping[str, int] = field(init=False)
 
     def __post_init__(self):
-        counts = {ACTIVE: 0, ARCHIVED: 0}
-        for project in self.projects.values():
-            counts[project.status] = counts.get(project.status, 0) + 1
+        counts = {ACTIVE: 0, ARCHIVED: 0} | Counter(map(_status, self.projects.values()))
         object.__setattr__(self, "counts", counts)
 
     @classmethod

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import httpx
+import orjson
 import structlog
 
 from exporter import __version__, logs
@@ -148,6 +149,7 @@ class ProjectsClient:
         self._http = httpx.Client(
             headers={"User-Agent": f"openai-projects-exporter/{__version__}"},
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=timeout,
             follow_redirects=False,
             trust_env=False,
         )
@@ -164,7 +166,11 @@ class ProjectsClient:
         return key
 
     def start_poll(self, deadline: float) -> PollContext:
-        return PollContext(self.read_key(), deadline, self._max_pages, self.concurrency)
+        poll = PollContext(self.read_key(), deadline, self._max_pages, self.concurrency)
+        # On the client, not per request: merging per-request headers costs more than the
+        # JSON of a page. The key may have rotated since the last poll, so set it each time.
+        self._http.headers["Authorization"] = f"Bearer {poll.key}"
+        return poll
 
     def fetch_all(self, deadline: float) -> FetchResult:
         """Every project in upstream order by one sequential walk; raise PollError on any fault."""
@@ -193,14 +199,16 @@ class ProjectsClient:
                     return None
                 raise
             first = False
-            for project in page.projects:
-                if project.id in seen:
-                    raise PollError("pagination", f"project {project.id} was listed twice")
-                seen.add(project.id)
-                projects.append(project)
-                mark = stop_at.get(project.id)
-                if mark is not None:
-                    return Walk(projects, mark)
+            ids = [project.id for project in page.projects]
+            if not seen.isdisjoint(ids) or len(set(ids)) != len(ids):  # set operations: one pass in C
+                twice = next(i for n, i in enumerate(ids) if i in seen or i in ids[:n])
+                raise PollError("pagination", f"project {twice} was listed twice")
+            seen.update(ids)
+            if stop_at and not stop_at.keys().isdisjoint(ids):
+                end = next(n for n, i in enumerate(ids) if i in stop_at)
+                projects.extend(page.projects[: end + 1])
+                return Walk(projects, stop_at[ids[end]])
+            projects.extend(page.projects)
             if not page.has_more:
                 return Walk(projects, None)
             if page.next_after is None or page.next_after == after:
@@ -212,14 +220,13 @@ class ProjectsClient:
         params = {"limit": PAGE_SIZE, "include_archived": "true"}
         if after is not None:
             params["after"] = after
-        headers = {"Authorization": f"Bearer {poll.key}"}
         attempt = 0
         while True:
             remaining = poll.deadline - time.monotonic()
             if remaining <= 0:
                 raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
             with poll.limiter:
-                failure, retry_after = self._attempt(params, headers, min(self._timeout, remaining))
+                failure, retry_after = self._attempt(params, remaining)
             if isinstance(failure, Page):
                 return failure
             if failure.reason == "rate_limited":
@@ -243,20 +250,22 @@ class ProjectsClient:
             if self._stop.wait(delay):
                 raise PollCancelled()
 
-    def _attempt(self, params, headers, timeout) -> tuple[Page | PollError, float | None]:
+    def _attempt(self, params, remaining: float) -> tuple[Page | PollError, float | None]:
         if self._stop.is_set():
             raise PollCancelled()
         try:
-            response = self._http.get(self._url, params=params, headers=headers, timeout=timeout)
+            # The client's own timeout unless the poll deadline is nearer: building a Timeout per
+            # request is measurable at a thousand pages.
+            timeout = remaining if remaining < self._timeout else httpx.USE_CLIENT_DEFAULT
+            response = self._http.get(self._url, params=params, timeout=timeout)
         except httpx.TimeoutException:
-            return PollError("timeout", f"no answer within {timeout:.1f}s"), None
+            return PollError("timeout", f"no answer within {min(remaining, self._timeout):.1f}s"), None
         except httpx.TransportError as exc:
             return PollError("connection", f"{type(exc).__name__}: {_one_line(str(exc))}"), None
         self._on_response(response.status_code)
-        request_id = response.headers.get("x-request-id")
         if response.status_code == 200:
-            return parse_page(response.content, request_id), None
-        return _http_failure(response, request_id), _retry_after(response.headers)
+            return parse_page(response.content, response.headers.get("x-request-id")), None
+        return _http_failure(response, response.headers.get("x-request-id")), _retry_after(response.headers)
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter, so many exporters do not retry in step."""
@@ -327,9 +336,12 @@ class _Invalid(Exception):
 def parse_page(body: bytes, request_id: str | None = None) -> Page:
     """A ProjectListResponse, tolerant of unknown and missing optional fields."""
     try:
-        document = json.loads(body)
-    except ValueError:
-        raise PollError("invalid_response", "the response is not JSON", request_id) from None
+        document = orjson.loads(body)  # about twice as fast as json at 20 MB a poll
+    except orjson.JSONDecodeError:
+        try:
+            document = json.loads(body)  # also takes lone surrogate escapes, which orjson refuses
+        except ValueError:
+            raise PollError("invalid_response", "the response is not JSON", request_id) from None
     try:
         if not isinstance(document, dict):
             raise _Invalid("the response is not a JSON object")
@@ -339,7 +351,11 @@ def parse_page(body: bytes, request_id: str | None = None) -> Page:
         has_more = document.get("has_more")
         if not isinstance(has_more, bool):
             raise _Invalid("`has_more` is not a boolean")
-        projects = [parse_project(item) for item in data]
+        # Lone surrogates can only come from \uD800-\uDFFF escapes; without any, no string
+        # needs cleaning and every item can take the fast path.
+        escaped = b"\\u" in body and _SURROGATE_ESCAPE.search(body)  # `in` is a memchr-speed scan
+        parse = parse_project if escaped else _parse_plain_project
+        projects = [parse(item) for item in data]
         last_id = document.get("last_id")
         if last_id is not None and (not isinstance(last_id, str) or not last_id):
             raise _Invalid("`last_id` is not a string")
@@ -349,6 +365,30 @@ def parse_page(body: bytes, request_id: str | None = None) -> Page:
     if has_more and not projects:
         raise PollError("pagination", "`has_more` is true but the page is empty", request_id)
     return Page(projects, has_more, next_after)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_STR_OR_NONE = (str, type(None))
+
+
+def _parse_plain_project(item) -> Project:
+    """parse_project for the common case, about three times faster; anything unusual goes the long way."""
+    if type(item) is dict:
+        get = item.get
+        project_id, created_at, archived_at = get("id"), get("created_at"), get("archived_at")
+        name, status, key_id, residency = get("name"), get("status"), get("external_key_id"), get("residency")
+        if (type(project_id) is str and project_id and type(created_at) is int
+                and (archived_at is None or type(archived_at) is int)
+                and type(name) in _STR_OR_NONE and type(status) in _STR_OR_NONE
+                and type(key_id) in _STR_OR_NONE and type(residency) in _STR_OR_NONE):
+            if not status:
+                status = ARCHIVED if archived_at is not None else ACTIVE
+            return _new_tuple(Project, (project_id, name, status, created_at, archived_at, key_id, residency))
+    return parse_project(item)
+
+
+_new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__: half the cost, 100,000 times a poll
 
 
 def parse_project(item) -> Project:
@@ -397,8 +437,4 @@ def _clean(text: str) -> str:
     """Lone surrogates (valid in JSON escapes, invalid in UTF-8) become U+FFFD."""
     if text.isascii():
         return text
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+    return _LONE_SURROGATE.sub("\ufffd", text)
