@@ -22,8 +22,11 @@ Sample of the snapshot block:
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
+import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -325,29 +328,60 @@ class OrganizationMetrics:
         for code in self._codes:
             _remove(health.requests, (alias, code))
 
-    def record_success(self, snapshot: Snapshot, changes: Sequence[Change]) -> None:
+    def record_success(self, snapshot: Snapshot, changes: Sequence[Change], duration: float | None = None) -> None:
         self.polls.inc()
         for change in changes:
             self.changes.labels(change.kind).inc()
-        self.poll_duration.set(snapshot.duration)
+        self.poll_duration.set(snapshot.duration if duration is None else duration)
         self.last_success.set(snapshot.completed_at)
         self.up.set(1)
+        poll_finished()
 
     def record_failure(self, reason: str, duration: float) -> None:
         self.polls.inc()
         self._child(self._health.failures, reason).inc()
         self.poll_duration.set(duration)
         self.up.set(0)
+        poll_finished()
 
 
-def scrape(exposition: "Exposition", registry: CollectorRegistry | None, accept: str | None,
+TAIL_TTL = 1.0  # seconds a scrape may reuse the live tail another scrape rendered
+_tails: "weakref.WeakKeyDictionary[CollectorRegistry, dict]" = weakref.WeakKeyDictionary()
+_tails_lock = threading.Lock()
+_poll_epoch = itertools.count()  # moves at each poll's end, so its results are never served stale
+_epoch = 0
+
+
+def poll_finished() -> None:
+    global _epoch
+    _epoch = next(_poll_epoch)
+
+
+def scrape(exposition: "Exposition", registry: CollectorRegistry, accept: str | None,
            gzip: bool) -> tuple[list[bytes], str]:
-    """The body chunks and content type of one scrape: cached block plus the live registry."""
+    """The body chunks and content type of one scrape: cached block plus the live tail.
+
+    The tail (process, GC and poll-health metrics, and the age histogram) is rendered at most
+    once per TAIL_TTL and per finished poll, so scrapes from several Prometheus replicas, or
+    a storm of them, cost a write each: only process counters and request counts may lag
+    by up to a second, and a poll's verdict shows at once.
+    """
     encoder, content_type = choose_encoder(accept or "")
-    tail = encoder(registry) if registry is not None else b""
-    if registry is None and content_type.startswith("application/openmetrics-text"):
-        tail = b"# EOF\n"
+    tail = _tail(registry, encoder, content_type)
     return (exposition.gzip_body(tail) if gzip else exposition.body(tail)), content_type
+
+
+def _tail(registry: CollectorRegistry, encoder, content_type: str) -> bytes:
+    now = time.monotonic()
+    with _tails_lock:
+        cached = _tails.setdefault(registry, {}).get(content_type)
+    if cached is not None and cached[0] > now and cached[1] == _epoch:
+        return cached[2]
+    epoch = _epoch
+    tail = encoder(registry)
+    with _tails_lock:
+        _tails[registry][content_type] = (now + TAIL_TTL, epoch, tail)
+    return tail
 
 
 class _AgeHistogram:

@@ -6,6 +6,8 @@ and replaces the reference in one assignment, which is atomic in CPython.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import sys
 import threading
 import time
@@ -17,7 +19,7 @@ import structlog
 from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter import state
+from exporter import logs, state
 from exporter.chains import fetch_projects
 from exporter.metrics import Exposition, OrganizationMetrics, SnapshotRenderer
 from exporter.snapshot import Snapshot, diff
@@ -88,17 +90,18 @@ class Poller:
         previous_ids = list(previous.projects) if previous is not None else []
         result = fetch_projects(self._client, started + self._poll_timeout, previous_ids)
         del previous_ids
-        duration = time.monotonic() - started
         snapshot = Snapshot.build(result.projects, completed_at=time.time(), pages=result.pages,
-                                  duration=duration)
+                                  duration=time.monotonic() - started)
         del result  # bound memory: only the previous and the new snapshot from here on
         exposition = self._renderer.render(snapshot)
         changes = diff(previous, snapshot) if previous is not None else []
+        duration = time.monotonic() - started  # the whole poll: fetch, render and diff
         self._published.current = exposition
-        self._metrics.record_success(snapshot, changes)
+        self._metrics.record_success(snapshot, changes, duration)
         self._published.last_outcome = PollOutcome(True, snapshot.completed_at, duration)
         self._log_changes(previous, snapshot, changes)
         self._save(snapshot)
+        release_free_memory()
         log.info("poll_succeeded", projects=len(snapshot.projects), active=snapshot.counts["active"],
                  archived=snapshot.counts["archived"], pages=snapshot.pages, duration=round(duration, 3))
 
@@ -113,6 +116,7 @@ class Poller:
     def _failed(self, reason: str, message: str, started: float, request_id: str | None = None) -> None:
         duration = time.monotonic() - started
         self._metrics.record_failure(reason, duration)
+        message = logs.scrub(message)  # the / page shows it; upstream data may quote anything
         self._published.last_outcome = PollOutcome(False, time.time(), duration, reason, message)
         log.warning("poll_failed", reason=reason, message=message, request_id=request_id,
                     duration=round(duration, 3))
@@ -128,6 +132,26 @@ class Poller:
             if change.kind == "renamed":
                 fields.update(old_name=change.old_name, new_name=change.project.name)
             log.info(f"project_{change.kind}", **fields)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the memory a poll freed back to the system.
+
+    glibc keeps freed heap memory for reuse, so without this the resident size of a large
+    organization climbs poll after poll to about twice the live data, though nothing leaks.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class DaemonThreadExecutor(BaseExecutor):

@@ -10,6 +10,7 @@ import html
 import os
 import socket
 import ssl
+import struct
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,21 +29,25 @@ if TYPE_CHECKING:
 log = structlog.get_logger("exporter.http")
 NO_PROJECTS = Exposition(None)  # /metrics of a multi-organization exporter: its own metrics only
 HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120  # seconds
 REALM = 'Basic realm="openai-projects-exporter", charset="UTF-8"'
 
 
 def accepts_gzip(header: str | None) -> bool:
+    """Whether Accept-Encoding allows gzip; an explicit `gzip` outranks `*` (RFC 9110 12.5.3)."""
+    qualities: dict[str, float] = {}
     for token in (header or "").split(","):
         coding, _, params = token.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            quality = params.strip().lower()
-            if not quality.startswith("q="):
-                return True
-            try:
-                return float(quality[2:]) > 0
-            except ValueError:
-                return False
-    return False
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities[coding.strip().lower()] = quality
+    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
 
 
 def write_all(sock: socket.socket, chunks: list[bytes]) -> None:
@@ -98,7 +103,7 @@ class ExporterServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         # A scraper that hangs up mid-body is routine, not a traceback on stderr.
         exc = sys.exc_info()[1]
-        log.info("http_connection_error", client=client_address[0], error=f"{type(exc).__name__}: {exc}"[:200])
+        log.debug("http_connection_error", client=client_address[0], error=f"{type(exc).__name__}: {exc}"[:200])
 
     def get_request(self):
         sock, address = super().get_request()
@@ -125,7 +130,17 @@ class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes the same target again and again
     disable_nagle_algorithm = True  # headers and body leave in separate writes; no 40 ms delayed-ACK stall
-    timeout = 120  # an idle keep-alive connection gives its thread back after this
+    timeout = None  # see setup(): the kernel times the socket out, not Python
+
+    def setup(self):
+        # A Python-level socket timeout turns one big send into a loop of partial sends, each
+        # retaking the GIL, which during a poll costs a switch interval apiece. A blocking
+        # socket with kernel timeouts sends the body in one call and still frees the thread
+        # of a client that stops reading, or an idle keep-alive connection, after IDLE_TIMEOUT.
+        limit = struct.pack("ll", IDLE_TIMEOUT, 0)
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        super().setup()
     server_version = f"openai-projects-exporter/{__version__}"
 
     def do_GET(self):

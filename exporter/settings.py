@@ -63,6 +63,13 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _checked(key: str, what: str) -> str:
+    """A key fit for an HTTP header; anything else would be quoted back in an HTTP library's error."""
+    if not re.fullmatch(r"[\x21-\x7e]+", key):
+        raise SettingsError(f"{what} holds spaces, line breaks or other characters no API key has")
+    return key
+
+
 class AdminKey:
     """Where the admin key comes from; the file is read again before every poll.
 
@@ -78,7 +85,7 @@ class AdminKey:
         if self.path is None:
             if not self._value:
                 raise SettingsError("the admin key is empty")
-            return self._value
+            return _checked(self._value, "the admin key")
         try:
             key = self.path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -86,7 +93,7 @@ class AdminKey:
             raise SettingsError(f"cannot read the admin key file {self.path}: {reason}") from None
         if not key:
             raise SettingsError(f"the admin key file {self.path} is empty")
-        return key
+        return _checked(key, f"the admin key in {self.path}")
 
     def __repr__(self) -> str:
         source = f"file {str(self.path)!r}" if self.path else "environment"
