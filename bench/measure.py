@@ -1,0 +1,259 @@
+"""One measurement phase per function; each starts its processes and stops them before returning.
+
+All figures of one N come from the same upstream process, so every server sees the same
+projects. CPU times come from /proc/PID/stat (all threads), memory from /proc/PID/status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from procs import REPO, BenchError, Proc, python, run_json
+from scrape import Scrape, Scraper, summary
+
+ADMIN_KEY = "sk-admin-bench-0000"
+# The exporter runs as `python -m exporter` from this directory (run.py --exporter-src).
+EXPORTER_SRC = REPO
+UPSTREAMS = {"bench": ["bench/upstream.py"], "simulator": ["-m", "exporter.simulator"]}
+_REQUESTS = re.compile(rb"^openai_api_requests_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+_PROJECT_SERIES = re.compile(rb"^openai_project_(?:info|created_timestamp_seconds|archived_timestamp_seconds)\{.*$",
+                             re.M)
+
+
+def _log_time(record: dict) -> float:
+    return datetime.fromisoformat(record["timestamp"]).timestamp()
+
+
+def _requests(body: bytes) -> int:
+    return int(sum(float(v) for v in _REQUESTS.findall(body)))
+
+
+def project_series(body: bytes) -> dict:
+    """Count and digest of the per-project series of a /metrics body, to compare two snapshots."""
+    lines = sorted(_PROJECT_SERIES.findall(body))
+    return {"series": len(lines), "sha256": hashlib.sha256(b"\n".join(lines)).hexdigest()}
+
+
+# -- upstream -------------------------------------------------------------------------
+
+
+@contextmanager
+def upstream(kind: str, projects: int, page_delay: float = 0.0):
+    proc = python(f"upstream[{kind},{projects}]", *UPSTREAMS[kind], "--listen", "127.0.0.1:0",
+                  "--projects", str(projects), "--admin-key", ADMIN_KEY, "--page-delay", str(page_delay))
+    try:
+        _, ready = proc.wait_event(
+            "upstream_listening" if kind == "bench" else "simulator_listening", timeout=60 + projects / 1000)
+        yield proc, ready["base_url"]
+    finally:
+        proc.stop()
+
+
+def read_only(up: Proc, base_url: str, runs: int, timeout: float) -> dict:
+    """The httpx read-only walk, `runs` times; medians, and the upstream's own CPU per page."""
+    results, upstream_cpu = [], []
+    for _ in range(runs):
+        before = up.cpu_seconds()
+        results.append(run_json("read-only-client", ["bench/read_only_client.py", "--base-url", base_url,
+                                                     "--admin-key", ADMIN_KEY], timeout))
+        upstream_cpu.append((up.cpu_seconds() - before) / results[-1]["pages"])
+    return {
+        "runs": runs, "pages": results[0]["pages"], "page_bytes": results[0]["bytes"],
+        "cpu_s": statistics.median(r["cpu_s"] for r in results),
+        "wall_s": statistics.median(r["wall_s"] for r in results),
+        "upstream_cpu_ms_per_page": statistics.median(upstream_cpu) * 1000,
+    }
+
+
+# -- the exporter ---------------------------------------------------------------------
+
+
+def start_exporter(base_url: str, interval: str, *extra: str) -> tuple[Proc, int]:
+    # info, not warning: the poll_succeeded lines time each poll without scraping /metrics.
+    proc = python("exporter", "-m", "exporter", "--api.base-url", base_url,
+                  "--web.listen-address", "127.0.0.1:0", "--poll.interval", interval,
+                  "--log.level", "info", "--log.format", "json", *extra,
+                  env={"OPENAI_ADMIN_KEY": ADMIN_KEY}, cwd=EXPORTER_SRC)
+    _, started = proc.wait_event("exporter_started", timeout=60)
+    return proc, int(started["listen"].rpartition(":")[2])
+
+
+def scrape_series(proc: Proc, port: int, count: int, gzip: bool, warmup: int = 2) -> dict:
+    """`count` timed scrapes after `warmup` untimed ones, with the server's CPU per scrape."""
+    with Scraper(port) as scraper:
+        for _ in range(warmup):
+            scraper.get(gzip=gzip)
+        cpu = proc.cpu_seconds()
+        scrapes = scraper.series(count, gzip=gzip, warmup=0)
+        cpu = proc.cpu_seconds() - cpu
+    return {**summary(scrapes), "server_cpu_ms_per_scrape": cpu / count * 1000}
+
+
+def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> dict:
+    """Cold first poll, then idle scrapes (no poll running), memory, and the bodies for the floor."""
+    proc, port = start_exporter(base_url, "1h")
+    try:
+        cpu_start = proc.cpu_seconds()
+        started_at = _log_time(proc.events("exporter_started")[0][1])
+        _, done = proc.wait_event("poll_succeeded", timeout=120 + projects / 200, fail_on="poll_failed")
+        cpu_done = proc.cpu_seconds()
+        memory_after_poll = proc.memory()
+        with Scraper(port) as scraper:
+            _, body = scraper.get()
+            _, gzipped = scraper.get(gzip=True)
+        result = {
+            "cold_poll": {"fetch_wall_s": done["duration"], "published_wall_s": _log_time(done) - started_at,
+                          "cpu_s": cpu_done - cpu_start, "pages": done["pages"], "requests": _requests(body)},
+            "memory_after_poll": memory_after_poll,
+            "identity": scrape_series(proc, port, scrapes, gzip=False),
+            "gzip": scrape_series(proc, port, scrapes, gzip=True),
+            "snapshot": project_series(body),
+        }
+        result["memory"] = proc.memory()
+        (workdir / "identity").write_bytes(body)
+        (workdir / "gzip").write_bytes(gzipped)
+        return result
+    finally:
+        proc.stop()
+
+
+def _poll_windows(proc: Proc) -> list[tuple[float, float]]:
+    """[start, end] of each finished poll's fetch, by the exporter's own clock and log.
+
+    `duration` covers the upstream fetch only; the log line comes after the render, so the
+    window starts a little late and ends exactly: a scrape inside it overlapped the poll.
+    """
+    return [(_log_time(r) - r["duration"], _log_time(r)) for _, r in proc.events("poll_succeeded")]
+
+
+def _inside(scrape: Scrape, windows: list[tuple[float, float]]) -> bool:
+    return any(start <= scrape.started and scrape.ended <= end for start, end in windows)
+
+
+def _scrape_during_polls(port: int, exporter: Proc, wanted: int, time_limit: float) -> dict:
+    """Alternate plain and gzip scrapes of `port` until `wanted` of each fell inside a poll of `exporter`."""
+    taken: dict[bool, list[Scrape]] = {False: [], True: []}
+    deadline = time.monotonic() + time_limit
+    with Scraper(port) as scraper:
+        while time.monotonic() < deadline:
+            for gzip in (False, True):
+                taken[gzip].append(scraper.get(gzip=gzip)[0])
+            windows = _poll_windows(exporter)
+            if all(sum(_inside(s, windows) for s in scrapes) >= wanted for scrapes in taken.values()):
+                break
+    windows = _poll_windows(exporter)
+    during = {g: [s for s in taken[g] if _inside(s, windows)] for g in taken}
+    return {"identity": summary(during[False]), "gzip": summary(during[True]),
+            "scrapes_taken": len(taken[False]) + len(taken[True])}
+
+
+def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: int, time_limit: float,
+                  workdir: Path) -> dict:
+    """Back-to-back polls: warm poll cost and steady memory without scrapes, then scrapes during polls.
+
+    As a control, the static floor (a separate process) is then scraped during the same
+    exporter's polls: it shows what the machine alone does to a scrape while a poll runs.
+    """
+    proc, port = start_exporter(base_url, "1s", "--poll.timeout", "30m")
+    wait = 120 + projects / 200
+    try:
+        proc.wait_event("poll_succeeded", 1, timeout=wait, fail_on="poll_failed")
+        cpu, rss, polls = [proc.cpu_seconds()], [proc.memory()["rss_mib"]], []
+        for k in range(2, warm_polls + 2):
+            _, done = proc.wait_event("poll_succeeded", k, timeout=wait, fail_on="poll_failed")
+            cpu.append(proc.cpu_seconds())
+            rss.append(proc.memory()["rss_mib"])
+            polls.append(done)
+        warm_cpu = [b - a for a, b in zip(cpu, cpu[1:])]
+        peak_without_scrapes = proc.memory()["peak_mib"]
+
+        during = _scrape_during_polls(port, proc, busy_scrapes, time_limit)
+        memory = proc.memory()
+        floor = python("static-server", "bench/static_server.py", "--identity", str(workdir / "identity"),
+                       "--gzip", str(workdir / "gzip"), "--listen", "127.0.0.1:0")
+        with floor:
+            _, ready = floor.wait_event("static_listening", timeout=60)
+            floor_during = _scrape_during_polls(ready["port"], proc, busy_scrapes, time_limit)
+        return {
+            "warm_poll": {"fetch_wall_s": statistics.median(p["duration"] for p in polls),
+                          "cpu_s": statistics.median(warm_cpu), "cpu_each_s": warm_cpu,
+                          "pages": polls[-1]["pages"]},
+            "rss_after_each_poll_mib": rss,
+            "steady_rss_mib": statistics.median(rss[1:]),
+            "peak_without_scrapes_mib": peak_without_scrapes,
+            "polls": len(_poll_windows(proc)),
+            "during_poll": during,
+            "static_during_poll": floor_during,
+            "memory": memory,
+        }
+    finally:
+        proc.stop()
+
+
+# -- baselines ------------------------------------------------------------------------
+
+
+def static_floor(workdir: Path, scrapes: int) -> dict:
+    proc = python("static-server", "bench/static_server.py", "--identity", str(workdir / "identity"),
+                  "--gzip", str(workdir / "gzip"), "--listen", "127.0.0.1:0")
+    try:
+        _, ready = proc.wait_event("static_listening", timeout=60)
+        port = ready["port"]
+        return {"identity": scrape_series(proc, port, scrapes, gzip=False),
+                "gzip": scrape_series(proc, port, scrapes, gzip=True), "memory": proc.memory()}
+    finally:
+        proc.stop()
+
+
+def plain_exporter(base_url: str, projects: int, scrapes: int, polls: int) -> dict:
+    proc = python("plain-exporter", "bench/plain_exporter.py", "--base-url", base_url,
+                  "--admin-key", ADMIN_KEY, "--listen", "127.0.0.1:0", "--polls", str(polls))
+    try:
+        _, ready = proc.wait_event("plain_listening", timeout=120 + polls * projects / 100)
+        port = ready["port"]
+        return {"poll": {"wall_s": ready["poll_wall_s"], "cpu_s": ready["poll_cpu_s"],
+                         "requests": ready["requests"], "polls": polls},
+                "identity": scrape_series(proc, port, scrapes, gzip=False, warmup=1),
+                "gzip": scrape_series(proc, port, scrapes, gzip=True, warmup=1),
+                "memory": proc.memory()}
+    finally:
+        proc.stop()
+
+
+# -- concurrency ----------------------------------------------------------------------
+
+
+def two_polls(base_url: str, concurrency: int, pages: int, rtt: float) -> dict:
+    """First (cold) and second poll of one exporter at `--poll.concurrency`, and its snapshot."""
+    proc, port = start_exporter(base_url, "1s", "--poll.timeout", "30m",
+                                "--poll.concurrency", str(concurrency))
+    wait = 120 + 3 * pages * (rtt + 0.005)
+    try:
+        _, first = proc.wait_event("poll_succeeded", 1, timeout=wait, fail_on="poll_failed")
+        cpu_first = proc.cpu_seconds()
+        _, second = proc.wait_event("poll_succeeded", 2, timeout=wait, fail_on="poll_failed")
+        cpu_second = proc.cpu_seconds()
+        with Scraper(port) as scraper:
+            _, body = scraper.get()
+        return {"concurrency": concurrency,
+                "first_poll": {"fetch_wall_s": first["duration"], "pages": first["pages"]},
+                "second_poll": {"fetch_wall_s": second["duration"], "pages": second["pages"],
+                                "cpu_s": cpu_second - cpu_first},
+                "snapshot": project_series(body), "memory": proc.memory()}
+    finally:
+        proc.stop()
+
+
+def workdir():
+    return tempfile.TemporaryDirectory(prefix="bench-")
+
+
+__all__ = ["BenchError", "upstream", "read_only", "exporter_idle", "exporter_busy", "static_floor",
+           "plain_exporter", "two_polls", "workdir"]
