@@ -261,7 +261,8 @@ class ProjectsClient:
         except httpx.TimeoutException:
             return PollError("timeout", f"no answer within {min(remaining, self._timeout):.1f}s"), None
         except httpx.TransportError as exc:
-            return PollError("connection", f"{type(exc).__name__}: {_one_line(str(exc))}"), None
+            detail = logs.scrub(_KEY_LIKE.sub("sk-***", _one_line(str(exc))))  # HTTP libraries may quote headers
+            return PollError("connection", f"{type(exc).__name__}: {detail}"), None
         self._on_response(response.status_code)
         if response.status_code == 200:
             return parse_page(response.content, response.headers.get("x-request-id")), None

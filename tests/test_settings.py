@@ -1,0 +1,135 @@
+"""Flags and environment variables into Settings, without starting anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.settings import (
+    DEFAULT_BASE_URL, DEFAULT_PORT, AdminKey, SettingsError, load, parse_bool, parse_duration,
+    parse_listen_address,
+)
+from helpers import KEY
+
+ENV = {"OPENAI_ADMIN_KEY": KEY}
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("30", 30), ("30s", 30), ("1.5s", 1.5), ("500ms", 0.5), ("5m", 300), ("1h", 3600), ("1d", 86400),
+    ("1m30s", 90), ("1h1m1s", 3661), (" 2s ", 2),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "5x", "-5s", "1m 30s", "30S", "five", "1.2.3s", "s30"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("1", True), ("YES", True), ("on", True),
+                                         ("false", False), ("0", False), ("No", False), ("off", False)])
+def test_booleans(text, value):
+    assert parse_bool(text) is value
+
+
+@pytest.mark.parametrize("text, address", [
+    (":9186", ("", 9186)), ("0.0.0.0:80", ("0.0.0.0", 80)), ("127.0.0.1:0", ("127.0.0.1", 0)),
+    ("[::1]:9186", ("::1", 9186)), ("localhost:65535", ("localhost", 65535)),
+])
+def test_listen_addresses(text, address):
+    assert parse_listen_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["9186", "host:", "host:99999", "host:abc", ""])
+def test_bad_listen_addresses(text):
+    with pytest.raises(ValueError):
+        parse_listen_address(text)
+
+
+def test_defaults():
+    settings = load([], ENV)
+    assert (settings.listen_host, settings.listen_port) == ("", DEFAULT_PORT) == ("", 9186)
+    assert settings.base_url == DEFAULT_BASE_URL == "https://api.openai.com/v1"
+    assert settings.admin_key.read() == KEY
+    assert (settings.api_timeout, settings.api_max_retries) == (30, 5)
+    assert (settings.poll_interval, settings.poll_timeout, settings.poll_max_pages) == (300, 300, 10000)
+    assert settings.per_project_metrics is True
+    assert (settings.log_level, settings.log_format, settings.demo) == ("info", "json", False)
+
+
+def test_every_flag():
+    settings = load([
+        "--web.listen-address", "127.0.0.1:9999", "--api.base-url", "http://127.0.0.1:1234/v1/",
+        "--api.timeout", "2s", "--api.max-retries", "0", "--poll.interval", "1m", "--poll.timeout", "45s",
+        "--poll.max-pages", "7", "--metrics.per-project=false", "--log.level", "DEBUG", "--log.format", "console",
+    ], ENV)
+    assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9999)
+    assert settings.base_url == "http://127.0.0.1:1234/v1"  # no trailing slash to double up
+    assert (settings.api_timeout, settings.api_max_retries) == (2, 0)
+    assert (settings.poll_interval, settings.poll_timeout, settings.poll_max_pages) == (60, 45, 7)
+    assert settings.per_project_metrics is False
+    assert (settings.log_level, settings.log_format) == ("debug", "console")
+
+
+def test_every_variable():
+    settings = load([], {
+        **ENV, "OPENAI_EXPORTER_WEB_LISTEN_ADDRESS": ":1", "OPENAI_BASE_URL": "http://127.0.0.1:5/v1",
+        "OPENAI_EXPORTER_API_TIMEOUT": "3s", "OPENAI_EXPORTER_API_MAX_RETRIES": "2",
+        "OPENAI_EXPORTER_POLL_INTERVAL": "10s", "OPENAI_EXPORTER_POLL_TIMEOUT": "9s",
+        "OPENAI_EXPORTER_POLL_MAX_PAGES": "3", "OPENAI_EXPORTER_METRICS_PER_PROJECT": "false",
+        "OPENAI_EXPORTER_LOG_LEVEL": "warning", "OPENAI_EXPORTER_LOG_FORMAT": "console",
+    })
+    assert (settings.listen_host, settings.listen_port, settings.base_url) == ("", 1, "http://127.0.0.1:5/v1")
+    assert (settings.api_timeout, settings.api_max_retries) == (3, 2)
+    assert (settings.poll_interval, settings.poll_timeout, settings.poll_max_pages) == (10, 9, 3)
+    assert (settings.per_project_metrics, settings.log_level, settings.log_format) == (False, "warning", "console")
+
+
+def test_flag_wins_and_empty_variable_is_unset():
+    env = {**ENV, "OPENAI_EXPORTER_POLL_INTERVAL": "10s", "OPENAI_EXPORTER_API_TIMEOUT": ""}
+    assert load(["--poll.interval", "20s"], env).poll_interval == 20
+    assert load([], env).poll_interval == 10
+    assert load([], env).api_timeout == 30
+
+
+def test_poll_timeout_follows_the_interval_unless_given():
+    assert load(["--poll.interval", "42s"], ENV).poll_timeout == 42
+    assert load(["--poll.interval", "42s", "--poll.timeout", "5s"], ENV).poll_timeout == 5
+
+
+def test_bare_boolean_flags_mean_true():
+    assert load(["--metrics.per-project"], ENV).per_project_metrics is True
+    demo = load(["--demo"], {})
+    assert demo.demo is True and demo.poll_interval == 15
+
+
+def test_key_file_is_stripped_and_wins_over_the_variable(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("  sk-admin-from-file \n")
+    settings = load(["--api.admin-key-file", str(key_file)], {"OPENAI_ADMIN_KEY": "sk-admin-from-env"})
+    assert settings.admin_key.read() == "sk-admin-from-file"
+    assert load([], {"OPENAI_ADMIN_KEY": f"  {KEY}\n"}).admin_key.read() == KEY
+
+
+def test_the_key_is_never_in_a_repr(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    for settings in (load([], ENV), load(["--api.admin-key-file", str(key_file)], {})):
+        assert KEY not in repr(settings) and KEY not in str(settings.admin_key)
+    assert KEY not in repr(AdminKey(value=KEY))
+
+
+@pytest.mark.parametrize("argv, env", [
+    ([], {}),
+    ([], {"OPENAI_ADMIN_KEY": ""}),
+    (["--poll.interval", "999ms"], ENV),
+    (["--poll.timeout", "0"], ENV),
+    (["--api.max-retries", "1.5"], ENV),
+    (["--log.format", "yaml"], ENV),
+    (["--bogus"], ENV),
+])
+def test_errors_are_one_line(argv, env):
+    with pytest.raises(SettingsError) as error:
+        load(argv, env)
+    assert "\n" not in str(error.value) and str(error.value)
