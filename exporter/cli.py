@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from dataclasses import replace
 
 import structlog
@@ -88,15 +89,13 @@ def run(settings: Settings) -> int:
             _reload(settings, fleet)
 
     log.info("exporter_stopping")
-    fleet.stop_all()
+    fleet.retire_all()
     scheduler.shutdown(wait=False)
     server.shutdown()
     server.server_close()
-    polls = [t for t in threading.enumerate() if t.name == "poll"]
-    for thread in polls:
-        thread.join(SHUTDOWN_GRACE / max(1, len(polls)))
-    if not any(t.is_alive() for t in polls):
-        fleet.close_clients()
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    for thread in [t for t in threading.enumerate() if t.name == "poll"]:
+        thread.join(max(0.0, deadline - time.monotonic()))  # daemon threads: a stuck one dies at exit
     if simulator is not None:
         simulator.stop()
     log.info("exporter_stopped")

@@ -272,6 +272,19 @@ class HealthMetrics:
                                 org + ["code"], registry=registry)
 
 
+class _Discard:
+    """Takes the calls of a metric child and does nothing with them."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
 def _remove(metric, labels) -> None:
     try:
         metric.remove(*labels)
@@ -294,14 +307,18 @@ class OrganizationMetrics:
         def child(metric, *labels):
             return metric.labels(*org, *labels) if org or labels else metric
 
-        self._child = child
         self._health = health
         self._alias = alias
         self._codes: set[str] = set()
-        self.up = child(health.up)
-        self.last_success = child(health.last_success)
-        self.poll_duration = child(health.poll_duration)
-        self.polls = child(health.polls)
+        self._forgotten = False
+
+        def recording(metric, *labels):
+            # After forget(), a poll still finishing must not bring the series back.
+            return _DISCARD if self._forgotten else child(metric, *labels)
+
+        self._child = recording
+        for metric in (health.up, health.last_success, health.poll_duration, health.polls):
+            child(metric)  # present from the start, before the first poll ends
         self.registry = project_registry
         self.changes = Counter("openai_project_changes_total",
                                "Project changes seen between successive background polls, by kind.",
@@ -316,8 +333,25 @@ class OrganizationMetrics:
         self._codes.add(str(code))
         self._child(self._health.requests, str(code)).inc()
 
+    @property
+    def up(self):
+        return self._child(self._health.up)
+
+    @property
+    def last_success(self):
+        return self._child(self._health.last_success)
+
+    @property
+    def poll_duration(self):
+        return self._child(self._health.poll_duration)
+
+    @property
+    def polls(self):
+        return self._child(self._health.polls)
+
     def forget(self) -> None:
         """Drop a removed organization's health series, so they do not linger as stale values."""
+        self._forgotten = True
         if self._alias is None:
             return
         health, alias = self._health, self._alias

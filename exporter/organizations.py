@@ -127,7 +127,10 @@ def _organization(entry, number: int, base: Path, defaults: Settings, environ) -
         inline = str(entry["admin_key"]).strip()
         # A digest, not the key, tells a changed inline key on reload.
         key, source = AdminKey(value=inline), "inline:" + hashlib.sha256(inline.encode()).hexdigest()[:16]
-    key.read()  # a key that cannot be read is a bad config, caught now rather than at the first poll
+    try:
+        key.read()  # a key that cannot be read is a bad config, caught now rather than at the first poll
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
     values = {}
     for name, parse in _OPTIONAL.items():
         if entry.get(name) is None:
@@ -153,6 +156,8 @@ class Organization:
     def __init__(self, config: OrganizationConfig, health: HealthMetrics, registry: CollectorRegistry):
         self.config = config
         self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._polling = False
         self.published = Published()
         self.metrics = OrganizationMetrics(health, config.alias, registry, lambda: self.published.current)
         self.client = ProjectsClient(
@@ -168,12 +173,28 @@ class Organization:
         return f"poll:{self.config.alias or 'default'}"
 
     def poll(self) -> None:
-        bound = structlog.contextvars.bound_contextvars
-        if self.config.alias is None:
-            self.poller.poll()
-            return
-        with bound(organization=self.config.alias):
-            self.poller.poll()
+        with self._lock:
+            if self.stop.is_set():
+                return
+            self._polling = True
+        try:
+            if self.config.alias is None:
+                self.poller.poll()
+            else:
+                with structlog.contextvars.bound_contextvars(organization=self.config.alias):
+                    self.poller.poll()
+        finally:
+            with self._lock:
+                self._polling = False
+                if self.stop.is_set():
+                    self.client.close()  # removed while polling: the poll is over now
+
+    def retire(self) -> None:
+        """Stop polling for good: a running poll gives up at its next step and closes the client."""
+        with self._lock:
+            self.stop.set()
+            if not self._polling:
+                self.client.close()
 
 
 class Fleet:
@@ -215,21 +236,17 @@ class Fleet:
 
     def _remove(self, alias: str | None) -> None:
         organization = self.organizations.pop(alias)
-        organization.stop.set()  # a running poll gives up at its next step
         if self.scheduler.get_job(organization.job_id):
             self.scheduler.remove_job(organization.job_id)
         organization.metrics.forget()
+        organization.retire()
 
     def get(self, alias: str | None) -> Organization | None:
         return self.organizations.get(alias)
 
-    def stop_all(self) -> None:
+    def retire_all(self) -> None:
         for organization in list(self.organizations.values()):
-            organization.stop.set()
-
-    def close_clients(self) -> None:
-        for organization in list(self.organizations.values()):
-            organization.client.close()
+            organization.retire()
 
     @property
     def ready(self) -> bool:

@@ -70,9 +70,14 @@ class Poller:
         if self._state_file is None:
             return
         snapshot = state.load(self._state_file)
-        if snapshot is not None:
+        if snapshot is None:
+            return
+        try:
             self._published.current = self._renderer.render(snapshot)
-            self._metrics.last_success.set(snapshot.completed_at)
+        except Exception as exc:  # whatever a state file holds, it never stops a start
+            log.warning("state_file_ignored", path=str(self._state_file), reason=f"{type(exc).__name__}: {exc}"[:200])
+            return
+        self._metrics.last_success.set(snapshot.completed_at)
 
     def poll(self) -> None:
         started = time.monotonic()

@@ -249,6 +249,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     demo = _convert("demo", raw["demo"], parse_bool)
     if raw["config.file"] and demo:
         raise SettingsError("--demo and --config.file exclude each other")
+    if raw["config.file"] and raw["state.file"]:
+        raise SettingsError("--state.file keeps the single organization of the flags; it cannot go with --config.file")
     if _convert("config.check", raw["config.check"], parse_bool) and not raw["config.file"]:
         raise SettingsError("--config.check needs --config.file")
 

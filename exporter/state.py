@@ -72,6 +72,14 @@ def _project(row) -> Project:
     if not isinstance(row, list) or len(row) != len(Project._fields):
         raise ValueError("a project row has the wrong shape")
     project = Project(*row)
-    if not isinstance(project.id, str) or not isinstance(project.created_at, (int, float)):
+    text_or_none = (project.name, project.external_key_id, project.residency)
+    if (not isinstance(project.id, str) or not project.id or not isinstance(project.status, str)
+            or not _is_number(project.created_at)
+            or not (project.archived_at is None or _is_number(project.archived_at))
+            or not all(value is None or isinstance(value, str) for value in text_or_none)):
         raise ValueError("a project row has the wrong types")
     return project
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -49,12 +49,14 @@ _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min
 _TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 # Checked against when the user is unknown, so a wrong user costs as much time as a wrong password.
 _DUMMY_HASH = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds=10))
+_BCRYPT_MAX = 72  # bytes of password bcrypt looks at; longer ones it refuses outright
 
 
 @dataclass(frozen=True)
 class WebConfig:
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()  # the certificates and keys it was built from
 
 
 def load(path: Path) -> WebConfig:
@@ -71,7 +73,10 @@ def load(path: Path) -> WebConfig:
     if unknown:
         raise SettingsError(f"--web.config.file: unknown keys {sorted(unknown)}")
     base = path.parent
-    return WebConfig(_tls(document.get("tls_server_config"), base), _users(document.get("basic_auth_users")))
+    tls = document.get("tls_server_config") or {}
+    files = tuple(base / str(tls[key]) for key in ("cert_file", "key_file", "client_ca_file")
+                  if isinstance(tls, dict) and tls.get(key))
+    return WebConfig(_tls(document.get("tls_server_config"), base), _users(document.get("basic_auth_users")), files)
 
 
 def _tls(section, base: Path) -> ssl.SSLContext | None:
@@ -122,29 +127,34 @@ class WebConfigWatcher:
 
     def __init__(self, path: Path):
         self.path = path
-        self._signature = self._stat()
         self._config = load(path)
+        self._signature = self._stat()
         self._lock = threading.Lock()
         self._verified: set[bytes] = set()  # digests of credentials bcrypt already accepted
 
     def _stat(self):
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
+        """What changes when the file, or a certificate or key it names, is replaced or edited."""
+        signature = []
+        for path in (self.path, *self._config.files):
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            signature.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(signature)
 
     def current(self) -> WebConfig:
         signature = self._stat()
         if signature != self._signature and signature is not None:
             with self._lock:
                 if signature != self._signature:
-                    self._signature = signature
                     try:
                         self._config = load(self.path)
+                        self._signature = self._stat()  # the new config may name other files
                         self._verified = set()
                         log.info("web_config_reloaded", path=str(self.path))
                     except SettingsError as exc:
+                        self._signature = signature  # warn once per change, not per request
                         log.warning("web_config_reload_failed", reason=str(exc), action="kept the last good config")
         return self._config
 
@@ -159,7 +169,11 @@ class WebConfigWatcher:
         digest = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed or b""])).digest()
         if hashed is not None and digest in self._verified:
             return True
-        if not bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH) or hashed is None:
+        secret = password.encode()
+        if len(secret) > _BCRYPT_MAX:  # bcrypt refuses these; still spend the same time
+            bcrypt.checkpw(b"", _DUMMY_HASH)
+            return False
+        if not bcrypt.checkpw(secret, hashed or _DUMMY_HASH) or hashed is None:
             return False
         self._verified.add(digest)
         return True

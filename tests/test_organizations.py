@@ -236,9 +236,6 @@ def test_sighup_reload_adds_removes_changes_and_keeps_a_bad_file_out(upstreams, 
     assert process.proc.poll() is None and process.get("/healthz").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="exporter/metrics.py OrganizationMetrics.record_response (and record_failure) "
-                   "call .labels() again, so a response that arrives after forget() re-creates "
-                   "openai_api_requests_total{organization=<removed>} for good")
 def test_removed_organization_leaves_no_series_behind_even_mid_request(upstreams, processes, tmp_path):
     good = upstreams("good", 30, seed=51)
     doomed = upstreams("slow", 150, page_delay=2.0, seed=52)

@@ -235,9 +235,6 @@ def test_directory_in_place_of_the_state_file_is_a_warning(upstream, processes, 
     assert process.metrics().value("openai_up") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="exporter/state.py _project() checks only id and created_at; a row whose "
-                   "name or archived_at has the wrong type passes load() and crashes the first render "
-                   "(exporter/metrics.py escape_label_value / format_value) at start: exit 1, traceback")
 @pytest.mark.parametrize("row", [
     ["proj_a", 5, "active", 1700000000, None, None, None],
     ["proj_a", "A", "active", 1700000000, "yesterday", None, None],
