@@ -4,7 +4,7 @@ One exporter process polls one simulated organization on loopback every second. 
 arms its fault at the first page of the next poll, then checks what the poll did, what
 /metrics serves while the fault holds, which openai_poll_failures_total{reason} moved,
 the log events, how many upstream requests the faulted poll made, and that the first poll
-after the fault is removed succeeds on its own. tests/FAULTS.md tabulates the outcomes.
+after the fault is removed succeeds on its own. The README's fault matrix tabulates the outcomes.
 
 Settings (faultkit.MATRIX_ARGS): poll interval 1 s, poll deadline 2.5 s, request timeout
 1 s, 3 retries per page; the organization has 250 projects, three pages of 100.
