@@ -226,9 +226,10 @@ class ProjectsClient:
             if remaining <= 0:
                 raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
             with poll.limiter:
-                failure, retry_after = self._attempt(params, remaining)
-            if isinstance(failure, Page):
-                return failure
+                outcome, retry_after = self._attempt(params, remaining)
+            if isinstance(outcome, Page):
+                return outcome
+            failure = outcome
             if failure.reason == "rate_limited":
                 poll.limiter.rate_limited()
             retryable = failure.reason in ("rate_limited", "timeout", "connection") or (
