@@ -12,6 +12,7 @@ import pytest
 from exporter.settings import AdminKey
 from exporter.simulator import OrganizationServer
 from exporter.upstream import ProjectsClient
+from faultkit import exporter, kill_quietly
 from helpers import KEY, ExporterProcess, clean_environment, start_simulator
 
 
@@ -82,3 +83,16 @@ def start_exporter(tmp_path):
     yield start
     for process in processes:
         process.kill()
+
+
+@pytest.fixture
+def processes():
+    """Exporter processes started the fault tests' way (tests/faultkit.py); killed at teardown."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(exporter(*args, **kwargs))
+        return started[-1]
+    yield start
+    for process in started:
+        kill_quietly(process)

@@ -28,7 +28,7 @@ import bcrypt
 import httpx
 
 from exporter.simulator import OrganizationServer, Request, Response, error_body
-from helpers import KEY, REPO, ExporterProcess, Metrics, clean_environment, free_port, wait_for
+from helpers import KEY, REPO, ExporterProcess, Metrics, clean_environment, wait_for
 
 KEY_SECRET_PART = KEY.removeprefix("sk-admin-")  # the random part: found even if the prefix is cut
 

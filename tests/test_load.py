@@ -16,7 +16,7 @@ import pytest
 
 from exporter.simulator import OrganizationServer, Response, SimulatedOrganization, start_churn
 from faultkit import (
-    error, events_between, exporter, kill_quietly, latency_probe, records, rss_kib, run_exporter, wait_event,
+    error, events_between, latency_probe, records, rss_kib, run_exporter, wait_event,
 )
 from helpers import KEY, Metrics, free_port, wait_for
 
@@ -40,18 +40,6 @@ def upstream():
     for server in made:
         server.fault = None
         server.stop()
-
-
-@pytest.fixture
-def processes():
-    started = []
-
-    def start(*args, **kwargs):
-        started.append(exporter(*args, **kwargs))
-        return started[-1]
-    yield start
-    for process in started:
-        kill_quietly(process)
 
 
 def check_body(response: httpx.Response, openmetrics: bool) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from exporter.simulator import OrganizationServer, SimulatedOrganization
 from faultkit import (
-    assert_no_secret, error, events_between, exporter, http_get, kill_quietly, run_exporter, wait_event,
+    assert_no_secret, error, events_between, http_get, run_exporter, wait_event,
 )
 from helpers import Metrics, wait_for
 
@@ -37,18 +37,6 @@ def upstreams():
     for server in made:
         server.fault = None
         server.stop()
-
-
-@pytest.fixture
-def processes():
-    started = []
-
-    def start(*args, **kwargs):
-        started.append(exporter(*args, **kwargs))
-        return started[-1]
-    yield start
-    for process in started:
-        kill_quietly(process)
 
 
 def probe(process, alias: str | None):

@@ -290,7 +290,7 @@ def test_each_change_is_logged_counted_and_shown(server, start_exporter):
 
     def counted(metrics):
         return {k: metrics.value("openai_project_changes_total", change=k) for k in CHANGE_KINDS} == expected
-    metrics = process.wait_metric(counted, timeout=10, what=f"change counters {expected}")
+    process.wait_metric(counted, timeout=10, what=f"change counters {expected}")
 
     for kind, count in expected.items():
         process.wait_events(f"project_{kind}", count=count)

@@ -15,8 +15,8 @@ import pytest
 
 from exporter.simulator import OrganizationServer, SimulatedOrganization
 from faultkit import (
-    KEY, KEY_SECRET_PART, ROWS, Switchboard, assert_no_secret, error, events_between, exporter, http_get, records,
-    kill_quietly, ok, poll_outcome, real_document, run_exporter, timestamp, wait_event,
+    KEY, KEY_SECRET_PART, ROWS, Switchboard, assert_no_secret, error, events_between, http_get, records,
+    ok, poll_outcome, real_document, run_exporter, timestamp, wait_event,
 )
 from helpers import free_port, header, snapshot_series, wait_for
 
@@ -40,18 +40,6 @@ def upstream():
     for server in servers:
         server.fault = None
         server.stop()
-
-
-@pytest.fixture
-def processes():
-    started = []
-
-    def start(*args, **kwargs):
-        started.append(exporter(*args, **kwargs))
-        return started[-1]
-    yield start
-    for process in started:
-        kill_quietly(process)
 
 
 def kubernetes_secret(directory: Path, key_text: str) -> Path:

@@ -55,18 +55,6 @@ def upstream():
         item.server.stop()
 
 
-@pytest.fixture
-def processes():
-    started = []
-
-    def start(*args, **kwargs):
-        started.append(exporter(*args, **kwargs))
-        return started[-1]
-    yield start
-    for process in started:
-        kill_quietly(process)
-
-
 def read_state(path: Path) -> dict:
     document = json.loads(path.read_bytes())
     assert document["format"] == state.FORMAT and document["version"] == state.VERSION
