@@ -2,7 +2,8 @@
 
 Upstream paging is sequential by nature, but the previous snapshot says roughly where
 each stretch of the list begins. Chain k starts at `after = previous_ids[k * step]` (its
-anchor) and walks until it meets a later chain's anchor; chain 0 starts at the top.
+anchor, rounded to the end of a page) and walks until it meets a later chain's anchor;
+chain 0 starts at the top.
 Stitching chain k up to and including anchor m, then chain m, gives exactly the list a
 sequential walk gives: each chain is a contiguous run of the current list, and it ends
 on the very item the next chain starts after.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import structlog
 
@@ -35,24 +36,33 @@ def worth_chaining(previous_count: int, concurrency: int) -> bool:
     return concurrency > 1 and previous_count >= concurrency * PAGE_SIZE * MIN_PAGES_PER_CHAIN
 
 
-def fetch_projects(client: ProjectsClient, deadline: float, previous_ids: Sequence[str] = ()) -> FetchResult:
-    """The poll's entry point: chains when they pay off, else one sequential walk."""
-    poll = client.start_poll(deadline)
-    if not worth_chaining(len(previous_ids), client.concurrency):
-        return FetchResult(client.walk(None, poll).projects, poll.pages)
-    projects = _stitch(client, poll, _run_chains(client, poll, previous_ids))
-    if projects is None:
-        log.warning("chains_inconsistent", action="sequential walk")
+def fetch_projects(client: ProjectsClient, deadline: float,
+                   previous: Mapping[str, Project] | Sequence[str] = ()) -> FetchResult:
+    """The poll's entry point: chains when they pay off, else one sequential walk.
+
+    `previous` is the last snapshot's projects (or only their ids, in upstream order): the
+    chains start at its ids, and pages that did not change are taken from it unparsed.
+    """
+    poll = client.start_poll(deadline, previous if isinstance(previous, Mapping) else None)
+    if worth_chaining(len(previous), client.concurrency):
+        projects = _stitch(client, poll, _run_chains(client, poll, list(previous)))
+        if projects is None:
+            log.warning("chains_inconsistent", action="sequential walk")
+            projects = client.walk(None, poll).projects
+    else:
         projects = client.walk(None, poll).projects
+    client.finish_poll(poll)
     return FetchResult(projects, poll.pages)
 
 
 def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequence[str]):
     """Walk every chain in its own daemon thread; the first failure fails the poll."""
     count = client.concurrency
-    step = len(previous_ids) // count
-    anchors = {previous_ids[k * step]: k for k in range(1, count)}
-    starts = [None] + [previous_ids[k * step] for k in range(1, count)]
+    # Each anchor ends a page of a walk from the top, so the chains ask for the very pages a
+    # sequential poll asks for, and unchanged ones are recognised and reused (ProjectsClient._page).
+    starts = [None] + [previous_ids[(k * len(previous_ids) // count) // PAGE_SIZE * PAGE_SIZE - 1]
+                       for k in range(1, count)]
+    anchors = {anchor: k for k, anchor in enumerate(starts) if k > 0}
     results: list[Walk | None] = [None] * count
     errors: list[BaseException] = []
 

@@ -92,11 +92,10 @@ class Poller:
 
     def _poll(self, started: float) -> None:
         previous = self._published.current.snapshot
-        previous_ids = list(previous.projects) if previous is not None else []
-        result = fetch_projects(self._client, started + self._poll_timeout, previous_ids)
-        del previous_ids
+        result = fetch_projects(self._client, started + self._poll_timeout,
+                                previous.projects if previous is not None else {})
         snapshot = Snapshot.build(result.projects, completed_at=time.time(), pages=result.pages,
-                                  duration=time.monotonic() - started)
+                                  duration=time.monotonic() - started, previous=previous)
         del result  # bound memory: only the previous and the new snapshot from here on
         exposition = self._renderer.render(snapshot)
         changes = diff(previous, snapshot) if previous is not None else []
