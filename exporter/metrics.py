@@ -165,6 +165,12 @@ def deflate(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
+def deflate_final(data: bytes) -> bytes:
+    """Like `deflate`, but ends the stream: the last piece of a gzip body."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 
 
@@ -191,11 +197,12 @@ class Exposition:
     def body(self, tail: bytes) -> list[bytes]:
         return [*self.parts, tail]
 
-    def gzip_body(self, tail: bytes) -> list[bytes]:
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
-        end = compressor.compress(tail) + compressor.flush()
+    def gzip_body(self, tail: bytes, deflated_tail: bytes | None = None) -> list[bytes]:
+        """A gzip stream: header, cached pieces, the tail as the final block, CRC and size."""
+        if deflated_tail is None:
+            deflated_tail = deflate_final(tail)
         trailer = struct.pack("<II", zlib.crc32(tail, self._crc), (self._size + len(tail)) & 0xFFFFFFFF)
-        return [GZIP_HEADER, *self._deflated, end, trailer]
+        return [GZIP_HEADER, *self._deflated, deflated_tail, trailer]
 
 
 CHUNK_PROJECTS = 1000
@@ -402,19 +409,35 @@ def scrape(exposition: "Exposition", registry: CollectorRegistry, accept: str | 
     """
     encoder, content_type = choose_encoder(accept or "")
     tail = _tail(registry, encoder, content_type)
-    return (exposition.gzip_body(tail) if gzip else exposition.body(tail)), content_type
+    if gzip:
+        return exposition.gzip_body(tail.raw, tail.deflated), content_type
+    return exposition.body(tail.raw), content_type
 
 
-def _tail(registry: CollectorRegistry, encoder, content_type: str) -> bytes:
+class _Tail:
+    """A rendered live tail, and its compressed form made on the first gzip scrape that needs it."""
+
+    def __init__(self, raw: bytes, expires: float, epoch: int):
+        self.raw, self.expires, self.epoch = raw, expires, epoch
+        self._deflated: bytes | None = None
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            self._deflated = deflate_final(self.raw)
+        return self._deflated
+
+
+def _tail(registry: CollectorRegistry, encoder, content_type: str) -> _Tail:
     now = time.monotonic()
     with _tails_lock:
         cached = _tails.setdefault(registry, {}).get(content_type)
-    if cached is not None and cached[0] > now and cached[1] == _epoch:
-        return cached[2]
-    epoch = _epoch
-    tail = encoder(registry)
+    if cached is not None and cached.expires > now and cached.epoch == _epoch:
+        return cached
+    tail = _Tail(b"", now + TAIL_TTL, _epoch)
+    tail.raw = encoder(registry)
     with _tails_lock:
-        _tails[registry][content_type] = (now + TAIL_TTL, epoch, tail)
+        _tails[registry][content_type] = tail
     return tail
 
 

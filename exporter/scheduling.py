@@ -20,7 +20,7 @@ from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import logs, state
-from exporter.chains import fetch_projects
+from exporter.chains import fetch_projects, lower_thread_priority
 from exporter.metrics import Exposition, OrganizationMetrics, SnapshotRenderer
 from exporter.snapshot import Snapshot, diff
 from exporter.upstream import PollCancelled, PollError, ProjectsClient
@@ -80,6 +80,7 @@ class Poller:
         self._metrics.last_success.set(snapshot.completed_at)
 
     def poll(self) -> None:
+        lower_thread_priority()
         started = time.monotonic()
         try:
             self._poll(started)
