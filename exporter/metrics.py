@@ -189,11 +189,6 @@ class Exposition:
             size += len(part)
         self._crc, self._size = crc, size
 
-    @property
-    def block(self) -> bytes:
-        """The snapshot's exposition as one bytes object (for tests and tools; scrapes use parts)."""
-        return b"".join(self.parts)
-
     def body(self, tail: bytes) -> list[bytes]:
         return [*self.parts, tail]
 
