@@ -94,7 +94,7 @@ def render(results: dict) -> str:
                      f"{client['wall_s']:.2f}", f"{client['cpu_s']:.2f}",
                      f"{plain['wall_s']:.2f}", f"{plain['cpu_s']:.2f}",
                      f"{warm['cpu_s'] / client['cpu_s']:.2f}x", f"{client['upstream_cpu_ms_per_page']:.2f}"])
-    out += ["**Full poll** (seconds; wall = fetch per `openai_poll_duration_seconds` / until published)", "",
+    out += ["**Full poll** (seconds; wall = `openai_poll_duration_seconds`, the whole poll / until published)", "",
             _table(["N", "pages", "requests", "cold wall", "cold CPU", "warm wall", "warm CPU",
                     "read-only wall", "read-only CPU", "plain wall", "plain CPU", "warm CPU / read-only",
                     "upstream CPU ms/page"], rows), ""]
