@@ -20,33 +20,17 @@ When the previous order no longer holds, the result stays right and only gets sl
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 from typing import Mapping, Sequence
 
 import structlog
 
+from exporter.priority import lower_thread_priority
 from exporter.snapshot import Project
 from exporter.upstream import PAGE_SIZE, FetchResult, PollContext, ProjectsClient, Walk
 
 log = structlog.get_logger("exporter.chains")
 MIN_PAGES_PER_CHAIN = 4  # below this, the chains' extra first pages cost more than they save
-
-
-POLL_NICENESS = 10
-
-
-def lower_thread_priority() -> None:
-    """Let scrapes win the CPU over the poll when both want it (Linux: niceness per thread).
-
-    A poll is batch work that nobody waits on; a scrape has a deadline. On a busy machine
-    the poll's thread then yields the core to the scrape's, which keeps scrapes during a
-    poll close to idle ones.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POLL_NICENESS)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the poll just runs as is
-        pass
 
 
 def worth_chaining(previous_count: int, concurrency: int) -> bool:
@@ -69,7 +53,7 @@ def fetch_projects(client: ProjectsClient, deadline: float,
     else:
         projects = client.walk(None, poll).projects
     client.finish_poll(poll)
-    return FetchResult(projects, poll.pages)
+    return FetchResult(projects, poll.pages, poll.scrapes_first.paused)
 
 
 def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequence[str]):

@@ -20,8 +20,9 @@ from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import logs, state
-from exporter.chains import fetch_projects, lower_thread_priority
+from exporter.chains import fetch_projects
 from exporter.metrics import Exposition, OrganizationMetrics, SnapshotRenderer
+from exporter.priority import lower_thread_priority
 from exporter.snapshot import Snapshot, diff
 from exporter.upstream import PollCancelled, PollError, ProjectsClient
 
@@ -97,6 +98,7 @@ class Poller:
                                 previous.projects if previous is not None else {})
         snapshot = Snapshot.build(result.projects, completed_at=time.time(), pages=result.pages,
                                   duration=time.monotonic() - started, previous=previous)
+        paused = result.paused_for_scrapes
         del result  # bound memory: only the previous and the new snapshot from here on
         exposition = self._renderer.render(snapshot)
         changes = diff(previous, snapshot) if previous is not None else []
@@ -108,7 +110,8 @@ class Poller:
         self._save(snapshot)
         release_free_memory()
         log.info("poll_succeeded", projects=len(snapshot.projects), active=snapshot.counts["active"],
-                 archived=snapshot.counts["archived"], pages=snapshot.pages, duration=round(duration, 3))
+                 archived=snapshot.counts["archived"], pages=snapshot.pages, duration=round(duration, 3),
+                 paused_for_scrapes=round(paused, 3))
 
     def _save(self, snapshot: Snapshot) -> None:
         if self._state_file is None:

@@ -21,6 +21,7 @@ import structlog
 
 from exporter import __version__
 from exporter.metrics import Exposition, scrape
+from exporter.priority import SCRAPES
 from exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
@@ -187,9 +188,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._scrape(organization.published.current, organization.metrics.registry)
 
     def _scrape(self, exposition: Exposition, registry):
-        gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
-        chunks, content_type = scrape(exposition, registry, self.headers.get("Accept"), gzip)
-        self._send(200, content_type, chunks, {"Content-Encoding": "gzip"} if gzip else {})
+        with SCRAPES.serving():  # polls pause at their next page boundary until it is written
+            gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
+            chunks, content_type = scrape(exposition, registry, self.headers.get("Accept"), gzip)
+            self._send(200, content_type, chunks, {"Content-Encoding": "gzip"} if gzip else {})
 
     def _readyz(self):
         fleet = self.server.fleet

@@ -22,6 +22,7 @@ import orjson
 import structlog
 
 from exporter import __version__, logs
+from exporter.priority import PauseBudget
 from exporter.settings import AdminKey, SettingsError
 from exporter.snapshot import ACTIVE, ARCHIVED, Project
 
@@ -64,6 +65,7 @@ class Page:
 class FetchResult:
     projects: list[Project]
     pages: int
+    paused_for_scrapes: float = 0.0  # seconds the poll stepped aside for scrapes (exporter.priority)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class PollContext:
         self.failed = threading.Event()  # one chain failed: the others stop at their next page
         self.known = known or {}  # the previous snapshot's projects, for pages that did not change
         self.pages_read: dict[str | None, PageMemo] = {}
+        self.scrapes_first = PauseBudget()
         self._pages = 0
         self._lock = threading.Lock()
 
@@ -193,7 +196,7 @@ class ProjectsClient:
     def fetch_all(self, deadline: float) -> FetchResult:
         """Every project in upstream order by one sequential walk; raise PollError on any fault."""
         poll = self.start_poll(deadline)
-        result = FetchResult(self.walk(None, poll).projects, poll.pages)
+        result = FetchResult(self.walk(None, poll).projects, poll.pages, poll.scrapes_first.paused)
         self.finish_poll(poll)
         return result
 
@@ -211,6 +214,7 @@ class ProjectsClient:
         while True:
             if poll.failed.is_set():
                 return None
+            poll.scrapes_first.pause_for_scrapes()
             poll.count_page()
             try:
                 page = self.fetch_page(after, poll)
@@ -298,6 +302,7 @@ class ProjectsClient:
         then the previous snapshot's, found by id, which saves the JSON parsing and the
         building of projects: most of a poll's CPU beyond the HTTP client's own.
         """
+        poll.scrapes_first.pause_for_scrapes()  # the response is in: a second point to step aside
         body = response.content
         digest = hashlib.blake2b(body, digest_size=16).digest()
         memo = self._pages_before.get(after)
