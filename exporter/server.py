@@ -213,9 +213,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            write_all(self.connection, chunks)
+        # The head leaves in the body's system call (end_headers would write it on its own):
+        # one GIL round trip per response, not two. HTTP/0.9 has no head at all.
+        head = b""
+        if self.request_version != "HTTP/0.9":
+            head = b"".join([*self._headers_buffer, b"\r\n"])
+            self._headers_buffer = []
+        write_all(self.connection, [head] if self.command == "HEAD" else [head, *chunks])
 
     def _index(self) -> str:
         fleet = self.server.fleet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -145,5 +146,19 @@ def test_only_the_poll_thread_runs_at_lower_priority(make_server, tmp_path):
         wait_for(lambda: POLL_NICENESS not in _thread_niceness(process.proc.pid).values() or None, 5,
                  what="the poll thread to end")
         assert "paused_for_scrapes" in process.events("poll_succeeded")[0]
+    finally:
+        process.kill()
+
+
+def test_an_http_0_9_request_gets_the_body_alone(make_server, tmp_path):
+    server = make_server(50)
+    env = clean_environment(OPENAI_ADMIN_KEY=KEY)
+    process = ExporterProcess(["--api.base-url", server.base_url, "--poll.interval", "1h"], env, tmp_path)
+    try:
+        process.wait_ready()
+        with socket.create_connection(("127.0.0.1", process.port), timeout=5) as connection:
+            connection.sendall(b"GET /healthz\r\n\r\n")  # no version: HTTP/0.9
+            received = b"".join(iter(lambda: connection.recv(65536), b""))
+        assert received == b"ok\n"
     finally:
         process.kill()
