@@ -96,8 +96,40 @@ def scrape_series(proc: Proc, port: int, count: int, gzip: bool, warmup: int = 2
     return {**summary(scrapes), "server_cpu_ms_per_scrape": cpu / count * 1000}
 
 
-def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> dict:
-    """Cold first poll, then idle scrapes (no poll running), memory, and the bodies for the floor."""
+def scrape_alternately(servers: list[tuple[Proc, int]], count: int, gzip: bool, warmup: int = 2) -> list[dict]:
+    """`count` timed scrapes of each server, taken in turns (the order flips every round).
+
+    Two servers measured one after the other each see a different machine: a neighbour's
+    load, CPU frequency and cache state drift over seconds. Taken in turns, both see the
+    same, and their ratio is fair. Each server's CPU is read over the whole series; the
+    other servers are idle while one is scraped, so the reading is its own.
+    """
+    scrapers = [Scraper(port) for _, port in servers]
+    try:
+        for scraper in scrapers:
+            for _ in range(warmup):
+                scraper.get(gzip=gzip)
+        cpu = [proc.cpu_seconds() for proc, _ in servers]
+        taken: list[list] = [[] for _ in servers]
+        order = list(range(len(servers)))
+        for _ in range(count):
+            for k in order:
+                taken[k].append(scrapers[k].get(gzip=gzip)[0])
+            order.reverse()
+        cpu = [proc.cpu_seconds() - before for (proc, _), before in zip(servers, cpu)]
+    finally:
+        for scraper in scrapers:
+            scraper.close()
+    return [{**summary(scrapes), "server_cpu_ms_per_scrape": seconds / count * 1000}
+            for scrapes, seconds in zip(taken, cpu)]
+
+
+def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> tuple[dict, dict]:
+    """Cold first poll; then idle scrapes (no poll running) of the exporter and, in turns, of the floor.
+
+    The floor is a static server of the exporter's own bodies, taken after the first poll.
+    Returns the exporter's figures and the floor's.
+    """
     proc, port = start_exporter(base_url, "1h")
     try:
         cpu_start = proc.cpu_seconds()
@@ -108,18 +140,35 @@ def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> 
         with Scraper(port) as scraper:
             _, body = scraper.get()
             _, gzipped = scraper.get(gzip=True)
+        (workdir / "identity").write_bytes(body)
+        (workdir / "gzip").write_bytes(gzipped)
+        with start_floor(workdir) as (floor, floor_port):
+            both = [(proc, port), (floor, floor_port)]
+            identity = scrape_alternately(both, scrapes, gzip=False)
+            gzip = scrape_alternately(both, scrapes, gzip=True)
+            floor_memory = floor.memory()
         result = {
             "cold_poll": {"fetch_wall_s": done["duration"], "published_wall_s": _log_time(done) - started_at,
                           "cpu_s": cpu_done - cpu_start, "pages": done["pages"], "requests": _requests(body)},
             "memory_after_poll": memory_after_poll,
-            "identity": scrape_series(proc, port, scrapes, gzip=False),
-            "gzip": scrape_series(proc, port, scrapes, gzip=True),
+            "identity": identity[0],
+            "gzip": gzip[0],
             "snapshot": project_series(body),
+            "memory": proc.memory(),
         }
-        result["memory"] = proc.memory()
-        (workdir / "identity").write_bytes(body)
-        (workdir / "gzip").write_bytes(gzipped)
-        return result
+        return result, {"identity": identity[1], "gzip": gzip[1], "memory": floor_memory}
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def start_floor(workdir: Path):
+    """The static floor serving the bodies in `workdir`; yields (process, port)."""
+    proc = python("static-server", "bench/static_server.py", "--identity", str(workdir / "identity"),
+                  "--gzip", str(workdir / "gzip"), "--listen", "127.0.0.1:0")
+    try:
+        _, ready = proc.wait_event("static_listening", timeout=60)
+        yield proc, ready["port"]
     finally:
         proc.stop()
 
@@ -150,8 +199,15 @@ def _scrape_during_polls(port: int, exporter: Proc, wanted: int, time_limit: flo
                 break
     windows = _poll_windows(exporter)
     during = {g: [s for s in taken[g] if _inside(s, windows)] for g in taken}
+    # What the scrapes cost the polls: the exporter's polls step aside for scrapes in flight.
+    began, ended = taken[False][0].started, taken[True][-1].ended
+    polls = [r for _, r in exporter.events("poll_succeeded")
+             if began <= _log_time(r) - r["duration"] and _log_time(r) <= ended]
     return {"identity": summary(during[False]), "gzip": summary(during[True]),
-            "scrapes_taken": len(taken[False]) + len(taken[True])}
+            "scrapes_taken": len(taken[False]) + len(taken[True]),
+            "polls": {"n": len(polls),
+                      "wall_s": statistics.median(r["duration"] for r in polls) if polls else None,
+                      "paused_s": statistics.median(r.get("paused_for_scrapes", 0) for r in polls) if polls else None}}
 
 
 def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: int, time_limit: float,
@@ -176,11 +232,8 @@ def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: i
 
         during = _scrape_during_polls(port, proc, busy_scrapes, time_limit)
         memory = proc.memory()
-        floor = python("static-server", "bench/static_server.py", "--identity", str(workdir / "identity"),
-                       "--gzip", str(workdir / "gzip"), "--listen", "127.0.0.1:0")
-        with floor:
-            _, ready = floor.wait_event("static_listening", timeout=60)
-            floor_during = _scrape_during_polls(ready["port"], proc, busy_scrapes, time_limit)
+        with start_floor(workdir) as (_, floor_port):
+            floor_during = _scrape_during_polls(floor_port, proc, busy_scrapes, time_limit)
         return {
             "warm_poll": {"fetch_wall_s": statistics.median(p["duration"] for p in polls),
                           "cpu_s": statistics.median(warm_cpu), "cpu_each_s": warm_cpu,
@@ -198,18 +251,6 @@ def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: i
 
 
 # -- baselines ------------------------------------------------------------------------
-
-
-def static_floor(workdir: Path, scrapes: int) -> dict:
-    proc = python("static-server", "bench/static_server.py", "--identity", str(workdir / "identity"),
-                  "--gzip", str(workdir / "gzip"), "--listen", "127.0.0.1:0")
-    try:
-        _, ready = proc.wait_event("static_listening", timeout=60)
-        port = ready["port"]
-        return {"identity": scrape_series(proc, port, scrapes, gzip=False),
-                "gzip": scrape_series(proc, port, scrapes, gzip=True), "memory": proc.memory()}
-    finally:
-        proc.stop()
 
 
 def plain_exporter(base_url: str, projects: int, scrapes: int, polls: int) -> dict:
@@ -255,5 +296,5 @@ def workdir():
     return tempfile.TemporaryDirectory(prefix="bench-")
 
 
-__all__ = ["BenchError", "upstream", "read_only", "exporter_idle", "exporter_busy", "static_floor",
+__all__ = ["BenchError", "upstream", "read_only", "exporter_idle", "exporter_busy",
            "plain_exporter", "two_polls", "workdir"]

@@ -116,8 +116,19 @@ def render(results: dict) -> str:
         rows.append([f"{int(n):,}", "**exporter / floor**",
                      f"{e['identity']['median_ms'] / f['identity']['median_ms']:.2f}x",
                      f"{e['gzip']['median_ms'] / f['gzip']['median_ms']:.2f}x", "", "", ""])
-    out += ["**Scrape latency** (ms, median / p99 nearest rank; body fully read, gzip not decompressed)", "",
+    out += ["**Scrape latency** (ms, median / p99 nearest rank; body fully read, gzip not decompressed; "
+            "the exporter idle and the static floor scraped in turns)", "",
             _table(["N", "server", "identity", "gzip", "scrapes", "body MB", "server CPU ms/scrape"], rows), ""]
+    costs = []
+    for n in sizes:
+        s = results["sizes"][n]
+        polls = s["busy"]["during_poll"].get("polls") or {}
+        if polls.get("n"):
+            costs.append(f"N={int(n):,}: {polls['wall_s']:.2f} s, of which {polls['paused_s']:.2f} s paused "
+                         f"(without scrapes {s['busy']['warm_poll']['fetch_wall_s']:.2f} s; median of {polls['n']})")
+    if costs:
+        out += ["What back-to-back scrapes cost the polls they overlap (the poll steps aside for each scrape, "
+                "at most 3x its running time): " + "; ".join(costs), ""]
 
     rows = []
     for n in sizes:

@@ -3,10 +3,9 @@
     python bench/run.py            # N = 1,000, 10,000, 100,000, then concurrent paging at 100 ms RTT
     python bench/run.py --quick    # N = 1,000 and 10,000 only, no RTT part (about a minute)
 
-For each N it starts a loopback upstream, then one process at a time: the httpx read-only
-client (the poll-CPU floor), the exporter (idle, then with back-to-back polls), a static
-server of the exporter's own bytes (the scrape floor) and a plain prometheus_client
-exporter. It prints markdown tables and the targets' verdicts, and writes everything to
+For each N it starts a loopback upstream, then: the httpx read-only client (the poll-CPU
+floor); the exporter, idle, scraped in turns with a static server of its own bytes (the
+scrape floor); the exporter with back-to-back polls; a plain prometheus_client exporter. It prints markdown tables and the targets' verdicts, and writes everything to
 bench/results/bench-<date>.json. Every child process is stopped on exit, error or Ctrl-C.
 """
 
@@ -54,13 +53,12 @@ def bench_size(n: int, args: argparse.Namespace, log) -> dict:
     with measure.upstream(args.upstream, n) as (up, base_url), measure.workdir() as tmp:
         log(f"N={n:,}: httpx read-only client x{args.client_runs}")
         result["read_only"] = measure.read_only(up, base_url, args.client_runs, timeout=120 + n / 100)
-        log(f"N={n:,}: exporter, cold poll and {args.scrapes} idle scrapes per encoding")
-        result["exporter"] = measure.exporter_idle(base_url, n, args.scrapes, Path(tmp))
+        log(f"N={n:,}: exporter, cold poll, then {args.scrapes} idle scrapes per encoding of it and, "
+            f"in turns, of the static floor")
+        result["exporter"], result["static"] = measure.exporter_idle(base_url, n, args.scrapes, Path(tmp))
         log(f"N={n:,}: exporter, {args.warm_polls} warm polls, then scrapes during polls (and of the floor)")
         result["busy"] = measure.exporter_busy(base_url, n, args.warm_polls, args.busy_scrapes, args.busy_seconds,
                                                Path(tmp))
-        log(f"N={n:,}: static floor, {args.scrapes} scrapes per encoding")
-        result["static"] = measure.static_floor(Path(tmp), args.scrapes)
         log(f"N={n:,}: plain prometheus_client exporter, {args.plain_polls} polls, "
             f"{args.plain_scrapes} scrapes per encoding")
         result["plain"] = measure.plain_exporter(base_url, n, args.plain_scrapes, args.plain_polls)
