@@ -7,6 +7,8 @@ projects. CPU times come from /proc/PID/stat (all threads), memory from /proc/PI
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 import re
 import statistics
 import tempfile
@@ -210,6 +212,47 @@ def _scrape_during_polls(port: int, exporter: Proc, wanted: int, time_limit: flo
                       "paused_s": statistics.median(r.get("paused_for_scrapes", 0) for r in polls) if polls else None}}
 
 
+def exporter_paced(base_url: str, projects: int, warm_wall_s: float, wanted: int, time_limit: float) -> dict:
+    """Scrapes at random moments of the poll cycle, each counted as during a poll or between polls.
+
+    The exporter polls every ~2.5 warm polls, so polls and quiet gaps alternate; the client
+    scrapes plain then gzip, waits a random 0-20 ms, and goes on until `wanted` scrapes of
+    each encoding fell inside polls and as many between them (or `time_limit` passes). Both
+    figures come from the same process in the same seconds, so the machine's drift, which
+    on a shared host moves a scrape by half within minutes, hits both alike.
+    """
+    interval = max(1, math.ceil(2.5 * warm_wall_s))
+    proc, port = start_exporter(base_url, f"{interval}s", "--poll.timeout", "30m")
+    pause = random.Random(7)
+    try:
+        proc.wait_event("poll_succeeded", 1, timeout=120 + projects / 200, fail_on="poll_failed")
+        taken: dict[bool, list[Scrape]] = {False: [], True: []}
+        deadline = time.monotonic() + time_limit
+        with Scraper(port) as scraper:
+            while time.monotonic() < deadline:
+                for gzip in (False, True):
+                    taken[gzip].append(scraper.get(gzip=gzip)[0])
+                time.sleep(pause.uniform(0, 0.02))
+                if len(taken[True]) % 20 == 0:
+                    windows = _poll_windows(proc)
+                    if all(len(_split(scrapes, windows)[k]) >= wanted for scrapes in taken.values() for k in (0, 1)):
+                        break
+        windows = _poll_windows(proc)
+        split = {gzip: _split(scrapes, windows) for gzip, scrapes in taken.items()}
+        return {"interval_s": interval,
+                "during": {"identity": summary(split[False][0]), "gzip": summary(split[True][0])},
+                "between": {"identity": summary(split[False][1]), "gzip": summary(split[True][1])}}
+    finally:
+        proc.stop()
+
+
+def _split(scrapes: list[Scrape], windows: list[tuple[float, float]]) -> tuple[list[Scrape], list[Scrape]]:
+    """(inside a poll, clear of every poll by 50 ms); scrapes that straddle an edge are in neither."""
+    inside = [s for s in scrapes if _inside(s, windows)]
+    clear = [s for s in scrapes if not any(start - 0.05 < s.ended and s.started < end + 0.05 for start, end in windows)]
+    return inside, clear
+
+
 def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: int, time_limit: float,
                   workdir: Path) -> dict:
     """Back-to-back polls: warm poll cost and steady memory without scrapes, then scrapes during polls.
@@ -296,5 +339,5 @@ def workdir():
     return tempfile.TemporaryDirectory(prefix="bench-")
 
 
-__all__ = ["BenchError", "upstream", "read_only", "exporter_idle", "exporter_busy",
+__all__ = ["BenchError", "upstream", "read_only", "exporter_idle", "exporter_busy", "exporter_paced",
            "plain_exporter", "two_polls", "workdir"]

@@ -40,13 +40,14 @@ def targets(results: dict) -> list[dict]:
         add(f"scrape median vs static floor ({kind})",
             exporter[kind]["median_ms"] / floor[kind]["median_ms"], 1.5,
             detail=f"{exporter[kind]['median_ms']:.1f} ms vs {floor[kind]['median_ms']:.1f} ms")
+    paced = big["paced"]
     for kind in ("identity", "gzip"):
-        during = busy["during_poll"][kind]
-        if during.get("n"):
-            add(f"scrape median during a poll vs idle ({kind})",
-                during["median_ms"] / exporter[kind]["median_ms"], 1.5,
-                detail=f"{during['median_ms']:.1f} ms vs {exporter[kind]['median_ms']:.1f} ms, "
-                       f"{during['n']} scrapes inside polls")
+        during, between = paced["during"][kind], paced["between"][kind]
+        if during.get("n") and between.get("n"):
+            add(f"scrape median during a poll vs between polls ({kind})",
+                during["median_ms"] / between["median_ms"], 1.5,
+                detail=f"{during['median_ms']:.1f} ms vs {between['median_ms']:.1f} ms, {during['n']} and "
+                       f"{between['n']} scrapes at random moments of one exporter's poll cycle")
     add("steady RSS vs plain exporter", busy["steady_rss_mib"] / plain["memory"]["rss_mib"], 0.5,
         detail=f"{busy['steady_rss_mib']:.0f} MiB (median after polls 2-{len(busy['rss_after_each_poll_mib'])}) vs "
                f"{plain['memory']['rss_mib']:.0f} MiB; after the first poll only: "
@@ -102,9 +103,12 @@ def render(results: dict) -> str:
     rows = []
     for n in sizes:
         s = results["sizes"][n]
-        for label, figure in (("exporter, idle", s["exporter"]), ("exporter, during a poll", s["busy"]["during_poll"]),
+        for label, figure in (("exporter, idle", s["exporter"]),
                               ("static floor", s["static"]),
-                              ("static floor, during an exporter poll", s["busy"]["static_during_poll"]),
+                              ("exporter, scraped at random moments: during a poll", s["paced"]["during"]),
+                              ("same exporter, same minutes: between polls", s["paced"]["between"]),
+                              ("exporter, back-to-back scrapes during back-to-back polls", s["busy"]["during_poll"]),
+                              ("static floor, during the same exporter's polls", s["busy"]["static_during_poll"]),
                               ("plain prometheus_client", s["plain"])):
             cpu = (lambda kind: f"{figure[kind]['server_cpu_ms_per_scrape']:.1f}"
                    if "server_cpu_ms_per_scrape" in figure[kind] else "–")
@@ -117,7 +121,7 @@ def render(results: dict) -> str:
                      f"{e['identity']['median_ms'] / f['identity']['median_ms']:.2f}x",
                      f"{e['gzip']['median_ms'] / f['gzip']['median_ms']:.2f}x", "", "", ""])
     out += ["**Scrape latency** (ms, median / p99 nearest rank; body fully read, gzip not decompressed; "
-            "the exporter idle and the static floor scraped in turns)", "",
+            "the idle exporter and the static floor scraped in turns)", "",
             _table(["N", "server", "identity", "gzip", "scrapes", "body MB", "server CPU ms/scrape"], rows), ""]
     costs = []
     for n in sizes:
@@ -129,6 +133,8 @@ def render(results: dict) -> str:
     if costs:
         out += ["What back-to-back scrapes cost the polls they overlap (the poll steps aside for each scrape, "
                 "at most 3x its running time): " + "; ".join(costs), ""]
+    out += ["Scraped at random moments, the exporter polled every " + ", ".join(
+        f"{results['sizes'][n]['paced']['interval_s']} s (N={int(n):,})" for n in sizes) + ".", ""]
 
     rows = []
     for n in sizes:

@@ -5,7 +5,8 @@
 
 For each N it starts a loopback upstream, then: the httpx read-only client (the poll-CPU
 floor); the exporter, idle, scraped in turns with a static server of its own bytes (the
-scrape floor); the exporter with back-to-back polls; a plain prometheus_client exporter. It prints markdown tables and the targets' verdicts, and writes everything to
+scrape floor); the exporter with back-to-back polls; the exporter scraped at random moments of its
+poll cycle, during polls and between them; a plain prometheus_client exporter. It prints markdown tables and the targets' verdicts, and writes everything to
 bench/results/bench-<date>.json. Every child process is stopped on exit, error or Ctrl-C.
 """
 
@@ -59,6 +60,9 @@ def bench_size(n: int, args: argparse.Namespace, log) -> dict:
         log(f"N={n:,}: exporter, {args.warm_polls} warm polls, then scrapes during polls (and of the floor)")
         result["busy"] = measure.exporter_busy(base_url, n, args.warm_polls, args.busy_scrapes, args.busy_seconds,
                                                Path(tmp))
+        log(f"N={n:,}: exporter, scrapes at random moments, during polls and between them")
+        result["paced"] = measure.exporter_paced(base_url, n, result["busy"]["warm_poll"]["fetch_wall_s"],
+                                                 args.busy_scrapes, args.busy_seconds)
         log(f"N={n:,}: plain prometheus_client exporter, {args.plain_polls} polls, "
             f"{args.plain_scrapes} scrapes per encoding")
         result["plain"] = measure.plain_exporter(base_url, n, args.plain_scrapes, args.plain_polls)
