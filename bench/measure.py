@@ -253,23 +253,29 @@ def _split(scrapes: list[Scrape], windows: list[tuple[float, float]]) -> tuple[l
     return inside, clear
 
 
-def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: int, time_limit: float,
-                  workdir: Path) -> dict:
-    """Back-to-back polls: warm poll cost and steady memory without scrapes, then scrapes during polls.
+def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, warm_polls: int,
+                  busy_scrapes: int, time_limit: float, workdir: Path) -> tuple[dict, dict]:
+    """Warm polls, each followed by a run of the read-only client; then scrapes during polls.
 
+    The exporter polls every ~2.5 cold polls, so that after each warm poll the read-only
+    client walks the same pages in the gap: the poll CPU and its floor are taken in turns,
+    and the host's drift hits both alike. Steady memory is read after each warm poll.
     As a control, the static floor (a separate process) is then scraped during the same
     exporter's polls: it shows what the machine alone does to a scrape while a poll runs.
+    Returns the exporter's figures and the read-only client's.
     """
-    proc, port = start_exporter(base_url, "1s", "--poll.timeout", "30m")
+    interval = max(1, math.ceil(2.5 * cold_wall_s))
+    proc, port = start_exporter(base_url, f"{interval}s", "--poll.timeout", "30m")
     wait = 120 + projects / 200
     try:
         proc.wait_event("poll_succeeded", 1, timeout=wait, fail_on="poll_failed")
-        cpu, rss, polls = [proc.cpu_seconds()], [proc.memory()["rss_mib"]], []
+        cpu, rss, polls, client = [proc.cpu_seconds()], [proc.memory()["rss_mib"]], [], []
         for k in range(2, warm_polls + 2):
             _, done = proc.wait_event("poll_succeeded", k, timeout=wait, fail_on="poll_failed")
             cpu.append(proc.cpu_seconds())
             rss.append(proc.memory()["rss_mib"])
             polls.append(done)
+            client.append(read_only(up, base_url, 1, timeout=wait))
         warm_cpu = [b - a for a, b in zip(cpu, cpu[1:])]
         peak_without_scrapes = proc.memory()["peak_mib"]
 
@@ -278,6 +284,7 @@ def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: i
         with start_floor(workdir) as (_, floor_port):
             floor_during = _scrape_during_polls(floor_port, proc, busy_scrapes, time_limit)
         return {
+            "interval_s": interval,
             "warm_poll": {"fetch_wall_s": statistics.median(p["duration"] for p in polls),
                           "cpu_s": statistics.median(warm_cpu), "cpu_each_s": warm_cpu,
                           "pages": polls[-1]["pages"]},
@@ -288,6 +295,10 @@ def exporter_busy(base_url: str, projects: int, warm_polls: int, busy_scrapes: i
             "during_poll": during,
             "static_during_poll": floor_during,
             "memory": memory,
+        }, {
+            "runs": len(client), "pages": client[0]["pages"], "page_bytes": client[0]["page_bytes"],
+            **{key: statistics.median(c[key] for c in client)
+               for key in ("cpu_s", "wall_s", "upstream_cpu_ms_per_page")},
         }
     finally:
         proc.stop()

@@ -3,11 +3,13 @@
     python bench/run.py            # N = 1,000, 10,000, 100,000, then concurrent paging at 100 ms RTT
     python bench/run.py --quick    # N = 1,000 and 10,000 only, no RTT part (about a minute)
 
-For each N it starts a loopback upstream, then: the httpx read-only client (the poll-CPU
-floor); the exporter, idle, scraped in turns with a static server of its own bytes (the
-scrape floor); the exporter with back-to-back polls; the exporter scraped at random moments of its
-poll cycle, during polls and between them; a plain prometheus_client exporter. It prints markdown tables and the targets' verdicts, and writes everything to
-bench/results/bench-<date>.json. Every child process is stopped on exit, error or Ctrl-C.
+For each N it starts a loopback upstream, then: the exporter, idle, scraped in turns with a
+static server of its own bytes (the scrape floor); the exporter's warm polls, each followed
+by a run of the httpx read-only client (the poll-CPU floor), then scrapes during polls; the
+exporter scraped at random moments of its poll cycle, during polls and between them; a
+plain prometheus_client exporter. It prints markdown tables and the targets' verdicts, and
+writes everything to bench/results/bench-<date>.json. Every child process is stopped on
+exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -52,14 +54,14 @@ def machine() -> dict:
 def bench_size(n: int, args: argparse.Namespace, log) -> dict:
     result = {}
     with measure.upstream(args.upstream, n) as (up, base_url), measure.workdir() as tmp:
-        log(f"N={n:,}: httpx read-only client x{args.client_runs}")
-        result["read_only"] = measure.read_only(up, base_url, args.client_runs, timeout=120 + n / 100)
         log(f"N={n:,}: exporter, cold poll, then {args.scrapes} idle scrapes per encoding of it and, "
             f"in turns, of the static floor")
         result["exporter"], result["static"] = measure.exporter_idle(base_url, n, args.scrapes, Path(tmp))
-        log(f"N={n:,}: exporter, {args.warm_polls} warm polls, then scrapes during polls (and of the floor)")
-        result["busy"] = measure.exporter_busy(base_url, n, args.warm_polls, args.busy_scrapes, args.busy_seconds,
-                                               Path(tmp))
+        log(f"N={n:,}: exporter, {args.warm_polls} warm polls, each followed by the httpx read-only client, "
+            f"then scrapes during polls (and of the floor)")
+        result["busy"], result["read_only"] = measure.exporter_busy(
+            up, base_url, n, result["exporter"]["cold_poll"]["fetch_wall_s"], args.warm_polls, args.busy_scrapes,
+            args.busy_seconds, Path(tmp))
         log(f"N={n:,}: exporter, scrapes at random moments, during polls and between them")
         result["paced"] = measure.exporter_paced(base_url, n, result["busy"]["warm_poll"]["fetch_wall_s"],
                                                  args.busy_scrapes, args.busy_seconds)
@@ -94,7 +96,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warm-polls", type=int, default=5,
                         help="polls after the first, timed without scrapes; steady RSS is the median after them")
     parser.add_argument("--plain-polls", type=int, default=3, help="polls of the plain exporter before it serves")
-    parser.add_argument("--client-runs", type=int, default=3, help="runs of the read-only client (median)")
     parser.add_argument("--rtt", type=float, default=0.1,
                         help="seconds per page for the concurrent-paging part; 0 skips it")
     parser.add_argument("--rtt-projects", type=int, default=100_000)
