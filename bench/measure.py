@@ -258,8 +258,8 @@ def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, wa
     """Warm polls, each followed by a run of the read-only client; then scrapes during polls.
 
     The exporter polls every ~2.5 cold polls, so that after each warm poll the read-only
-    client walks the same pages in the gap: the poll CPU and its floor are taken in turns,
-    and the host's drift hits both alike. Steady memory is read after each warm poll.
+    client walks the same pages midway through the gap: the poll CPU and its floor are taken
+    in turns, each after a quiet moment, and the host's drift hits both alike. Steady memory is read after each warm poll.
     As a control, the static floor (a separate process) is then scraped during the same
     exporter's polls: it shows what the machine alone does to a scrape while a poll runs.
     Returns the exporter's figures and the read-only client's.
@@ -275,6 +275,9 @@ def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, wa
             cpu.append(proc.cpu_seconds())
             rss.append(proc.memory()["rss_mib"])
             polls.append(done)
+            # Midway through the gap, so that the client, like the next poll, starts on a quiet machine.
+            gap = interval - done["duration"] - (client[-1]["wall_s"] if client else done["duration"])
+            time.sleep(max(0.0, gap / 2 - (time.time() - _log_time(done))))
             client.append(read_only(up, base_url, 1, timeout=wait))
         warm_cpu = [b - a for a, b in zip(cpu, cpu[1:])]
         peak_without_scrapes = proc.memory()["peak_mib"]
