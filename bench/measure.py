@@ -188,17 +188,27 @@ def _inside(scrape: Scrape, windows: list[tuple[float, float]]) -> bool:
     return any(start <= scrape.started and scrape.ended <= end for start, end in windows)
 
 
-def _scrape_during_polls(port: int, exporter: Proc, wanted: int, time_limit: float) -> dict:
-    """Alternate plain and gzip scrapes of `port` until `wanted` of each fell inside a poll of `exporter`."""
+def _alternate_scrapes(port: int, exporter: Proc, enough, time_limit: float,
+                       pause=lambda: 0.0) -> dict[bool, list[Scrape]]:
+    """Plain then gzip scrapes of `port`, `pause()` seconds after each pair, until
+    `enough(scrapes of one encoding, poll windows of exporter)` holds for both encodings."""
     taken: dict[bool, list[Scrape]] = {False: [], True: []}
     deadline = time.monotonic() + time_limit
     with Scraper(port) as scraper:
         while time.monotonic() < deadline:
             for gzip in (False, True):
                 taken[gzip].append(scraper.get(gzip=gzip)[0])
+            time.sleep(pause())
             windows = _poll_windows(exporter)
-            if all(sum(_inside(s, windows) for s in scrapes) >= wanted for scrapes in taken.values()):
+            if all(enough(scrapes, windows) for scrapes in taken.values()):
                 break
+    return taken
+
+
+def _scrape_during_polls(port: int, exporter: Proc, wanted: int, time_limit: float) -> dict:
+    """Back-to-back plain and gzip scrapes of `port` until `wanted` of each fell inside a poll of `exporter`."""
+    taken = _alternate_scrapes(port, exporter, lambda scrapes, windows: sum(_inside(s, windows) for s in scrapes)
+                               >= wanted, time_limit)
     windows = _poll_windows(exporter)
     during = {g: [s for s in taken[g] if _inside(s, windows)] for g in taken}
     # What the scrapes cost the polls: the exporter's polls step aside for scrapes in flight.
@@ -226,17 +236,8 @@ def exporter_paced(base_url: str, projects: int, warm_wall_s: float, wanted: int
     pause = random.Random(7)
     try:
         proc.wait_event("poll_succeeded", 1, timeout=120 + projects / 200, fail_on="poll_failed")
-        taken: dict[bool, list[Scrape]] = {False: [], True: []}
-        deadline = time.monotonic() + time_limit
-        with Scraper(port) as scraper:
-            while time.monotonic() < deadline:
-                for gzip in (False, True):
-                    taken[gzip].append(scraper.get(gzip=gzip)[0])
-                time.sleep(pause.uniform(0, 0.02))
-                if len(taken[True]) % 20 == 0:
-                    windows = _poll_windows(proc)
-                    if all(len(_split(scrapes, windows)[k]) >= wanted for scrapes in taken.values() for k in (0, 1)):
-                        break
+        taken = _alternate_scrapes(port, proc, lambda scrapes, windows: min(map(len, _split(scrapes, windows)))
+                                   >= wanted, time_limit, pause=lambda: pause.uniform(0, 0.02))
         windows = _poll_windows(proc)
         split = {gzip: _split(scrapes, windows) for gzip, scrapes in taken.items()}
         return {"interval_s": interval,
