@@ -14,11 +14,11 @@ import time
 import httpx
 import pytest
 
-from exporter.simulator import OrganizationServer, Response, SimulatedOrganization, start_churn
+from exporter.simulator import OrganizationServer, Response, start_churn
 from faultkit import (
     error, events_between, latency_probe, records, rss_kib, run_exporter, wait_event,
 )
-from helpers import KEY, Metrics, free_port, wait_for
+from helpers import Metrics, free_port, wait_for
 
 # The issue's storm is 50 scrapers for 30 s; on a 2-core CI box this one is 20 for 10 s.
 SCRAPERS = 20
@@ -28,18 +28,11 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
 @pytest.fixture
-def upstream():
-    made = []
-
+def upstream(make_server):
+    """conftest's simulated organization, with this module's defaults."""
     def make(projects: int = PROJECTS, page_delay: float = 0.0, seed: int = 12) -> OrganizationServer:
-        server = OrganizationServer(SimulatedOrganization(projects, seed=seed), KEY, page_delay=page_delay)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        made.append(server)
-        return server
-    yield make
-    for server in made:
-        server.fault = None
-        server.stop()
+        return make_server(projects, seed=seed, page_delay=page_delay)
+    return make
 
 
 def check_body(response: httpx.Response, openmetrics: bool) -> int:

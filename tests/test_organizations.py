@@ -4,13 +4,12 @@ probed one by one, reloaded with SIGHUP, checked with `--config.check`."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from exporter.simulator import OrganizationServer, SimulatedOrganization
+from exporter.simulator import OrganizationServer
 from faultkit import (
     assert_no_secret, error, events_between, http_get, run_exporter, wait_event,
 )
@@ -25,18 +24,11 @@ KEYS = {
 
 
 @pytest.fixture
-def upstreams():
-    made = []
-
+def upstreams(make_server):
+    """conftest's simulated organization, one per alias of KEYS."""
     def make(alias: str, projects: int, page_delay: float = 0.0, seed: int = 30) -> OrganizationServer:
-        server = OrganizationServer(SimulatedOrganization(projects, seed=seed), KEYS[alias], page_delay=page_delay)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        made.append(server)
-        return server
-    yield make
-    for server in made:
-        server.fault = None
-        server.stop()
+        return make_server(projects, seed=seed, key=KEYS[alias], page_delay=page_delay)
+    return make
 
 
 def probe(process, alias: str | None):

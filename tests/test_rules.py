@@ -6,13 +6,13 @@ failure there and a skip only on a developer's machine.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "deploy" / "prometheus"
@@ -23,12 +23,7 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 
 @pytest.fixture(scope="module")
 def promtool():
-    binary = shutil.which("promtool")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed; CI must apt-get install prometheus")
-        pytest.skip("promtool not found (Debian package: prometheus)")
-    return binary
+    return helpers.promtool()
 
 
 def run(*args, cwd=RULES_DIR):
