@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import is_, itemgetter
 from typing import Iterable, Mapping, NamedTuple
 
 ACTIVE = "active"
@@ -58,6 +58,12 @@ class Snapshot:
         if previous is None:
             return cls({p.id: p for p in projects}, completed_at, pages, duration)
         before = previous.projects
+        projects = projects if isinstance(projects, list) else list(projects)
+        # Pages that came back unchanged yield the previous snapshot's own objects (see
+        # ProjectsClient._page). When every project is one of them, in the same order,
+        # nothing changed: share the mapping, and the diff and the render can tell at once.
+        if len(projects) == len(before) and all(map(is_, projects, before.values())):
+            return cls(before, completed_at, pages, duration)
         kept = {}
         for project in projects:
             old = before.get(project.id)
@@ -73,6 +79,8 @@ class Change(NamedTuple):
 
 def diff(old: Snapshot, new: Snapshot) -> list[Change]:
     """What happened between two polls, one Change per event, in the new snapshot's order."""
+    if new.projects is old.projects:  # Snapshot.build found nothing changed
+        return []
     changes: list[Change] = []
     before = old.projects
     for project_id, project in new.projects.items():

@@ -309,3 +309,42 @@ def test_record_success_and_failure():
     assert after_failure.value("openai_poll_duration_seconds") == 2.5
     assert after_failure.value("openai_last_successful_poll_timestamp_seconds") == 1_750_000_000.5
     assert after_failure.values_by_label("openai_api_requests_total", "code") == {"200": 2, "503": 1}
+
+
+def _render_from_scratch(snapshot: Snapshot) -> Exposition:
+    return SnapshotRenderer(True).render(snapshot)
+
+
+def test_rendering_after_changes_equals_rendering_from_scratch():
+    """The cache of runs of projects gives, poll after poll, the bytes a fresh render gives."""
+    projects = [project(f"proj_{n:05}", name=f"n{n}", created_at=1_700_000_000 + n) for n in range(2500)]
+    renderer = SnapshotRenderer(True)
+    previous = None
+    polls = [
+        projects,
+        projects[:10] + [project("proj_00010", name="renamed")] + projects[11:],
+        projects[:1500] + [project("proj_01500", status="archived", archived_at=1_750_000_000)] + projects[1501:],
+        projects[:700] + projects[701:] + [project("proj_new", created_at=1_760_000_000)],
+        projects[1000:],
+        projects[1000:],
+    ]
+    for listed in polls:
+        snapshot = Snapshot.build(listed, completed_at=time.time(), pages=25, duration=1.0, previous=previous)
+        exposition = renderer.render(snapshot)
+        fresh = _render_from_scratch(snapshot)
+        assert exposition.raw == fresh.raw
+        assert gzip.decompress(b"".join(exposition.gzip_body(b"tail 1\n"))) == exposition.raw + b"tail 1\n"
+        series = Metrics(exposition.raw.decode()).series("openai_project_info")
+        assert len(series) == len(listed)
+        previous = snapshot
+
+
+def test_a_poll_with_no_change_reuses_the_rendered_bytes():
+    renderer = SnapshotRenderer(True)
+    first = Snapshot.build([project(f"proj_{n}") for n in range(1200)], completed_at=1.0, pages=12, duration=1.0)
+    before = renderer.render(first)
+    again = Snapshot.build(list(first.projects.values()), completed_at=2.0, pages=12, duration=1.0, previous=first)
+    after = renderer.render(again)
+    assert after.snapshot is again
+    assert after.raw is before.raw and after.deflated is before.deflated and after.age_index is before.age_index
+    assert b"".join(after.gzip_body(b"")) == b"".join(before.gzip_body(b""))

@@ -85,3 +85,29 @@ def test_from_empty_every_project_is_created():
     new = snap(proj("a"), proj("b", status=ARCHIVED, archived_at=3))
     assert kinds(diff(snap(), new)) == [("created", "a"), ("created", "b")]
     assert kinds(diff(new, snap())) == [("removed", "a"), ("removed", "b")]
+
+
+def test_a_poll_of_the_same_objects_shares_the_previous_mapping():
+    before = snap(proj("a"), proj("b"), proj("c"))
+    same = Snapshot.build(list(before.projects.values()), completed_at=2.0, pages=1, duration=0.1, previous=before)
+    assert same.projects is before.projects
+    assert diff(before, same) == []
+
+
+def test_equal_but_changed_polls_do_not_share_the_mapping():
+    before = snap(proj("a"), proj("b"), proj("c"))
+    a, b, c = before.projects.values()
+    for projects, expected in (
+        ([a, c, b], []),  # reordered: same projects, new order
+        ([a, b], [("removed", "c")]),
+        ([a, b, c, proj("d")], [("created", "d")]),
+        ([a, proj("b", name="renamed"), c], [("renamed", "b")]),
+        ([proj("a"), proj("b"), proj("c")], []),  # equal copies, as a page parsed again gives
+    ):
+        after = Snapshot.build(projects, completed_at=2.0, pages=1, duration=0.1, previous=before)
+        assert after.projects is not before.projects
+        assert list(after.projects) == [p.id for p in projects]
+        assert kinds(diff(before, after)) == expected
+        # Equal projects are the previous snapshot's objects, so the next poll can share again.
+        assert all(after.projects[i] is before.projects[i] for i in after.projects
+                   if i in before.projects and after.projects[i] == before.projects[i])
