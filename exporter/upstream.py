@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Callable, Mapping, NamedTuple
 
 import httpx
@@ -59,6 +60,7 @@ class Page:
     projects: list[Project]
     has_more: bool
     next_after: str | None
+    ids: tuple[str, ...]  # the projects' ids, in order
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ class ProjectsClient:
                     return None
                 raise
             first = False
-            ids = [project.id for project in page.projects]
+            ids = page.ids
             if not seen.isdisjoint(ids) or len(set(ids)) != len(ids):  # set operations: one pass in C
                 twice = next(i for n, i in enumerate(ids) if i in seen or i in ids[:n])
                 raise PollError("pagination", f"project {twice} was listed twice")
@@ -306,15 +308,16 @@ class ProjectsClient:
         body = response.content
         digest = hashlib.blake2b(body, digest_size=16).digest()
         memo = self._pages_before.get(after)
-        page = None
         if memo is not None and memo.digest == digest and poll.known:
             try:
-                page = Page([poll.known[i] for i in memo.ids], memo.has_more, memo.next_after)
+                page = Page(list(map(poll.known.__getitem__, memo.ids)), memo.has_more, memo.next_after, memo.ids)
             except KeyError:  # the previous snapshot is not the one this memo was made with
-                page = None
-        if page is None:
-            page = parse_page(body, response.headers.get("x-request-id"))
-        poll.pages_read[after] = PageMemo(digest, tuple(p.id for p in page.projects), page.has_more, page.next_after)
+                pass
+            else:
+                poll.pages_read[after] = memo
+                return page
+        page = parse_page(body, response.headers.get("x-request-id"))
+        poll.pages_read[after] = PageMemo(digest, page.ids, page.has_more, page.next_after)
         return page
 
     def _backoff(self, attempt: int) -> float:
@@ -414,12 +417,13 @@ def parse_page(body: bytes, request_id: str | None = None) -> Page:
     next_after = last_id or (projects[-1].id if projects else None)
     if has_more and not projects:
         raise PollError("pagination", "`has_more` is true but the page is empty", request_id)
-    return Page(projects, has_more, next_after)
+    return Page(projects, has_more, next_after, tuple(map(_project_id, projects)))
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _STR_OR_NONE = (str, type(None))
+_project_id = itemgetter(0)  # Project.id, at C speed
 
 
 def _parse_plain_project(item) -> Project:
