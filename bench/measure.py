@@ -1,7 +1,8 @@
 """One measurement phase per function; each starts its processes and stops them before returning.
 
 All figures of one N come from the same upstream process, so every server sees the same
-projects. CPU times come from /proc/PID/stat (all threads), memory from /proc/PID/status.
+projects. CPU times come from /proc/PID/stat (all threads; per request, from each thread's
+schedstat), memory from /proc/PID/status.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from procs import REPO, BenchError, Proc, python, run_json
+from procs import REPO, BenchError, Proc, cpu_ns_between, python, run_json
 from scrape import Scrape, Scraper, summary
 
 ADMIN_KEY = "sk-admin-bench-0000"
@@ -103,27 +104,47 @@ def scrape_alternately(servers: list[tuple[Proc, int]], count: int, gzip: bool, 
 
     Two servers measured one after the other each see a different machine: a neighbour's
     load, CPU frequency and cache state drift over seconds. Taken in turns, both see the
-    same, and their ratio is fair. Each server's CPU is read over the whole series; the
-    other servers are idle while one is scraped, so the reading is its own.
+    same, and their ratio is fair. Each scrape's server CPU is read on its own, in
+    nanoseconds, around that one request (the other servers are idle meanwhile), so a
+    figure is a median over scrapes, like the latency, and two servers' figures can be
+    compared scrape by scrape. Without schedstat, CPU is read over the whole series.
     """
     scrapers = [Scraper(port) for _, port in servers]
     try:
         for scraper in scrapers:
             for _ in range(warmup):
                 scraper.get(gzip=gzip)
-        cpu = [proc.cpu_seconds() for proc, _ in servers]
+        series_cpu = [proc.cpu_seconds() for proc, _ in servers]
         taken: list[list] = [[] for _ in servers]
+        cpu_each: list[list[float]] = [[] for _ in servers]
         order = list(range(len(servers)))
         for _ in range(count):
             for k in order:
+                before = servers[k][0].thread_cpu_ns()
                 taken[k].append(scrapers[k].get(gzip=gzip)[0])
+                after = servers[k][0].thread_cpu_ns()
+                if before and after:
+                    cpu_each[k].append(cpu_ns_between(before, after) / 1e6)
             order.reverse()
-        cpu = [proc.cpu_seconds() - before for (proc, _), before in zip(servers, cpu)]
+        series_cpu = [proc.cpu_seconds() - before for (proc, _), before in zip(servers, series_cpu)]
     finally:
         for scraper in scrapers:
             scraper.close()
-    return [{**summary(scrapes), "server_cpu_ms_per_scrape": seconds / count * 1000}
-            for scrapes, seconds in zip(taken, cpu)]
+    figures = []
+    for scrapes, each, seconds in zip(taken, cpu_each, series_cpu):
+        if len(each) == count:
+            figures.append({**summary(scrapes), "server_cpu_ms_per_scrape": statistics.median(each),
+                            "server_cpu_ms_each": [round(ms, 4) for ms in each]})
+        else:
+            figures.append({**summary(scrapes), "server_cpu_ms_per_scrape": seconds / count * 1000})
+    return figures
+
+
+def cpu_over(first: dict, second: dict) -> float:
+    """Server CPU per scrape of `first` over `second`: the median of scrape-by-scrape differences."""
+    if "server_cpu_ms_each" in first and "server_cpu_ms_each" in second:
+        return statistics.median(a - b for a, b in zip(first["server_cpu_ms_each"], second["server_cpu_ms_each"]))
+    return first["server_cpu_ms_per_scrape"] - second["server_cpu_ms_per_scrape"]
 
 
 def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> tuple[dict, dict]:

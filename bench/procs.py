@@ -24,6 +24,11 @@ _PR_SET_PDEATHSIG = 1
 _running: list["Proc"] = []
 
 
+def cpu_ns_between(before: dict[str, int], after: dict[str, int]) -> int:
+    """CPU time between two thread_cpu_ns() readings, over the threads alive at both."""
+    return sum(ns - before[task] for task, ns in after.items() if task in before)
+
+
 class BenchError(Exception):
     """A benchmark step that could not complete; the message says which and why."""
 
@@ -124,6 +129,26 @@ class Proc:
         with open(f"/proc/{self.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def thread_cpu_ns(self) -> dict[str, int] | None:
+        """CPU time of each live thread, in nanoseconds (/proc/PID/task/TID/schedstat).
+
+        Precise where cpu_seconds() counts clock ticks (10 ms), so one request's CPU can be
+        read; None where the kernel keeps no schedstat. A thread that both starts and ends
+        between two readings is in neither; see cpu_ns_between().
+        """
+        found = {}
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return None
+        for task in tasks:
+            try:
+                with open(f"/proc/{self.pid}/task/{task}/schedstat") as schedstat:
+                    found[task] = int(schedstat.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended meanwhile
+        return found or None
 
     def memory(self) -> dict[str, float]:
         """VmRSS (now) and VmHWM (peak so far), in MiB."""

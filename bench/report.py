@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from measure import cpu_over
+
 TARGET_N = 100_000
 
 
@@ -58,8 +60,7 @@ def targets(results: dict) -> list[dict]:
                f"{exporter['cold_poll']['cpu_s'] / client['cpu_s']:.2f}x)")
     if len(sizes) > 1:
         for kind in ("identity", "gzip"):
-            excess = [s["exporter"][kind]["server_cpu_ms_per_scrape"] - s["static"][kind]["server_cpu_ms_per_scrape"]
-                      for s in (small, big)]
+            excess = [cpu_over(s["exporter"][kind], s["static"][kind]) for s in (small, big)]
             add(f"per-scrape CPU over the floor, growth from N={sizes[0]:,} ({kind}, ms)",
                 excess[1] - excess[0], 1.0,
                 detail=f"{excess[0]:.2f} ms at N={sizes[0]:,}, {excess[1]:.2f} ms at N={sizes[-1]:,}")
@@ -119,9 +120,11 @@ def render(results: dict) -> str:
         e, f = s["exporter"], s["static"]
         rows.append([f"{int(n):,}", "**exporter / floor**",
                      f"{e['identity']['median_ms'] / f['identity']['median_ms']:.2f}x",
-                     f"{e['gzip']['median_ms'] / f['gzip']['median_ms']:.2f}x", "", "", ""])
+                     f"{e['gzip']['median_ms'] / f['gzip']['median_ms']:.2f}x", "", "",
+                     f"{cpu_over(e['identity'], f['identity']):+.2f} / {cpu_over(e['gzip'], f['gzip']):+.2f}"])
     out += ["**Scrape latency** (ms, median / p99 nearest rank; body fully read, gzip not decompressed; "
-            "the idle exporter and the static floor scraped in turns)", "",
+            "the idle exporter and the static floor scraped in turns; server CPU is the median over scrapes, "
+            "its difference the median of scrape-by-scrape differences)", "",
             _table(["N", "server", "identity", "gzip", "scrapes", "body MB", "server CPU ms/scrape"], rows), ""]
     costs = []
     for n in sizes:
