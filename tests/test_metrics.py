@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
+import tracemalloc
 
 import pytest
 
@@ -332,9 +333,9 @@ def test_rendering_after_changes_equals_rendering_from_scratch():
         snapshot = Snapshot.build(listed, completed_at=time.time(), pages=25, duration=1.0, previous=previous)
         exposition = renderer.render(snapshot)
         fresh = _render_from_scratch(snapshot)
-        assert exposition.raw == fresh.raw
-        assert gzip.decompress(b"".join(exposition.gzip_body(b"tail 1\n"))) == exposition.raw + b"tail 1\n"
-        series = Metrics(exposition.raw.decode()).series("openai_project_info")
+        assert exposition.body(b"") == fresh.body(b"")
+        assert gzip.decompress(b"".join(exposition.gzip_body(b"tail 1\n"))) == b"".join(exposition.body(b"tail 1\n"))
+        series = Metrics(b"".join(exposition.body(b"")).decode()).series("openai_project_info")
         assert len(series) == len(listed)
         previous = snapshot
 
@@ -348,3 +349,33 @@ def test_a_poll_with_no_change_reuses_the_rendered_bytes():
     assert after.snapshot is again
     assert after.raw is before.raw and after.deflated is before.deflated and after.age_index is before.age_index
     assert b"".join(after.gzip_body(b"")) == b"".join(before.gzip_body(b""))
+
+
+def _rendered_size(exposition: Exposition) -> int:
+    return sum(map(len, exposition.body(b""))) + sum(map(len, exposition.gzip_body(b"")))
+
+
+def test_a_render_holds_the_rendered_bytes_once_and_at_most_last_and_next():
+    projects = [project(f"proj_{n:024x}", name=f"Project number {n}", created_at=1_600_000_000 + n)
+                for n in range(20_000)]
+    first = snapshot_of(projects)
+    renderer = SnapshotRenderer(True)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        exposition = renderer.render(first)
+        kept, peak = tracemalloc.get_traced_memory()
+        size = _rendered_size(exposition)
+        # The cache is views into the exposition's buffers: no second copy, kept or passing.
+        assert kept - before < 1.25 * size
+        assert peak - kept < 0.25 * size
+
+        changed = projects[:10_000] + [project("proj_renamed", name="new")] + projects[10_001:]
+        second = Snapshot.build(changed, completed_at=time.time(), pages=200, duration=1.0, previous=first)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        renderer.render(second)
+        peak = tracemalloc.get_traced_memory()[1]
+        assert peak - before < 1.5 * size  # the next buffers beside the last ones, nothing more
+    finally:
+        tracemalloc.stop()
