@@ -55,11 +55,14 @@ def write_all(sock: socket.socket, chunks: list[bytes]) -> None:
     """Write the chunks in as few system calls as possible.
 
     One sendmsg carries up to IOV_MAX buffers. Each system call gives up the GIL and must
-    win it back afterwards, which during a poll can take a switch interval: a scrape made of
-    hundreds of pieces must not pay that hundreds of times.
+    win it back afterwards, which during a poll can take a switch interval: the response
+    head, the body and its live tail leave together.
     """
     if isinstance(sock, ssl.SSLSocket):
-        sock.sendall(b"".join(chunks))  # TLS has no scatter-gather; one record stream
+        # TLS has no scatter-gather. Joining would copy the whole body at every scrape;
+        # a few separate writes cost a few records instead.
+        for chunk in chunks:
+            sock.sendall(chunk)
         return
     views = [memoryview(chunk) for chunk in chunks if chunk]
     first = 0
