@@ -4,9 +4,9 @@ A poll is batch work that nobody waits on; a scrape has a deadline. Both are thr
 interpreter: while a poll is busy on a fast upstream, a scrape waits for the GIL at each of
 its steps, and the kernel's copy of its body between two processes slows as soon as
 anything else runs on a small machine. Priority alone does not cure that last part:
-`python bench/contention.py` shows a busy loop beside a static server slowing its scrapes
-by about as much at nice 10 or 19, or under SCHED_IDLE, as at nice 0. What works is for the
-poll to stop: at each page boundary it checks whether a scrape is in flight and, if so,
+`python bench/contention.py` shows a busy loop beside a static server slowing its gzip
+scrapes by a quarter to two thirds at every priority, nice 0, 10 or 19 or SCHED_IDLE.
+What works is for the poll to stop: at each page boundary it checks whether a scrape is in flight and, if so,
 waits until the scrape has been written (milliseconds). The waits are bounded per page and
 per poll, so a storm of back-to-back scrapes makes a poll at most PAUSE_RATIO + 1 times
 longer, and never stops it. The poll's threads also run at a lower niceness, so that on a
