@@ -75,11 +75,13 @@ def test_fault_row(matrix, row: FaultRow):
     baseline = process.wait_metric(lambda m: m.value("openai_up") == 1, what="a good last poll")
     good_series = snapshot_series(baseline)
     good_failures = failures(baseline)
-    good_success_time = baseline.value("openai_last_successful_poll_timestamp_seconds")
     organization = server.organization.all()
 
     board.arm(row.fault)
     started = board.wait_active()
+    # The last good poll is the one before the fault's, which may have ended after `baseline`
+    # was read: a poll already past its first page when the fault was armed runs clean.
+    good_success_time = process.metrics().value("openai_last_successful_poll_timestamp_seconds")
     outcome = poll_outcome(process, started, timeout=POLL_TIMEOUT + 5)
     ended = timestamp(outcome)
 
