@@ -38,13 +38,14 @@ def worth_chaining(previous_count: int, concurrency: int) -> bool:
 
 
 def fetch_projects(client: ProjectsClient, deadline: float,
-                   previous: Mapping[str, Project] | Sequence[str] = ()) -> FetchResult:
+                   previous: Mapping[str, Project] | None = None) -> FetchResult:
     """The poll's entry point: chains when they pay off, else one sequential walk.
 
-    `previous` is the last snapshot's projects (or only their ids, in upstream order): the
-    chains start at its ids, and pages that did not change are taken from it unparsed.
+    `previous` is the last snapshot's projects, in upstream order: the chains start at
+    their ids, and pages that did not change are taken from it unparsed.
     """
-    poll = client.start_poll(deadline, previous if isinstance(previous, Mapping) else None)
+    previous = previous or {}
+    poll = client.start_poll(deadline, previous)
     if worth_chaining(len(previous), client.concurrency):
         projects = _stitch(client, poll, _run_chains(client, poll, list(previous)))
         if projects is None:

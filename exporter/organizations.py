@@ -30,8 +30,9 @@ import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from exporter.metrics import HealthMetrics, OrganizationMetrics, SnapshotRenderer
-from exporter.scheduling import Poller, Published
+from exporter.exposition import EMPTY, Exposition, LiveTail, SnapshotRenderer
+from exporter.pipeline import Poller, Published
+from exporter.selfmetrics import HealthMetrics, OrganizationMetrics
 from exporter.settings import AdminKey, Settings, SettingsError, parse_bool, parse_duration
 from exporter.upstream import ProjectsClient
 
@@ -160,6 +161,7 @@ class Organization:
         self._polling = False
         self.published = Published()
         self.metrics = OrganizationMetrics(health, config.alias, registry, lambda: self.published.current)
+        self.tail = LiveTail(registry, lambda: (self.published.generation,))  # for /probe
         self.client = ProjectsClient(
             base_url=config.base_url, admin_key=config.admin_key, timeout=config.api_timeout,
             max_retries=config.api_max_retries, max_pages=config.poll_max_pages, stop=self.stop,
@@ -206,6 +208,11 @@ class Fleet:
         self.multi = multi
         self.health = HealthMetrics(registry, by_organization=multi)
         self.organizations: dict[str | None, Organization] = {}
+        self._applied = 0  # counts the changes of the set of organizations
+        # /metrics holds every organization's poll health: a poll ending anywhere, or an
+        # organization coming or going, renews it.
+        self.tail = LiveTail(registry, lambda: [self._applied,
+                                                *(o.published.generation for o in list(self.organizations.values()))])
         self._lock = threading.Lock()
 
     def apply(self, configs: list[OrganizationConfig]) -> None:
@@ -221,6 +228,7 @@ class Fleet:
             for alias, config in wanted.items():
                 if alias not in self.organizations:
                     self._add(config)
+            self._applied += 1
 
     def _add(self, config: OrganizationConfig) -> None:
         registry = CollectorRegistry(auto_describe=True) if self.multi else self.registry
@@ -243,6 +251,12 @@ class Fleet:
 
     def get(self, alias: str | None) -> Organization | None:
         return self.organizations.get(alias)
+
+    def metrics_page(self) -> tuple[Exposition, LiveTail]:
+        """What /metrics serves: the flags' organization with the exporter's own metrics or,
+        with several organizations (each on /probe), the exporter's own metrics alone."""
+        single = None if self.multi else self.organizations.get(None)
+        return (single.published.current if single is not None else EMPTY), self.tail
 
     def retire_all(self) -> None:
         for organization in list(self.organizations.values()):

@@ -14,13 +14,14 @@ import struct
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
 import structlog
 
 from exporter import __version__
-from exporter.metrics import Exposition, scrape
+from exporter.exposition import Buffer, Exposition, LiveTail
 from exporter.priority import SCRAPES
 from exporter.webconfig import WebConfigWatcher
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from exporter.organizations import Fleet
 
 log = structlog.get_logger("exporter.http")
-NO_PROJECTS = Exposition(None)  # /metrics of a multi-organization exporter: its own metrics only
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120  # seconds
 REALM = 'Basic realm="openai-projects-exporter", charset="UTF-8"'
@@ -51,7 +51,7 @@ def accepts_gzip(header: str | None) -> bool:
     return qualities.get("gzip", qualities.get("*", 0.0)) > 0
 
 
-def write_all(sock: socket.socket, chunks: list[bytes]) -> None:
+def write_all(sock: socket.socket, chunks: Sequence[Buffer]) -> None:
     """Write the chunks in as few system calls as possible.
 
     One sendmsg carries up to IOV_MAX buffers. Each system call gives up the GIL and must
@@ -154,8 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fleet = self.server.fleet
         if url.path == "/metrics":
-            single = None if fleet.multi else fleet.get(None)
-            self._scrape(single.published.current if single else NO_PROJECTS, fleet.registry)
+            self._scrape(*fleet.metrics_page())
         elif url.path == "/probe":
             self._probe(parse_qs(url.query).get("organization", [""])[-1])
         elif url.path == "/healthz":
@@ -188,12 +187,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._text(400, f"unknown organization {alias!r}; known: {known}\n" if alias else
                        f"missing ?organization=ALIAS; known: {known}\n")
             return
-        self._scrape(organization.published.current, organization.metrics.registry)
+        self._scrape(organization.published.current, organization.tail)
 
-    def _scrape(self, exposition: Exposition, registry):
+    def _scrape(self, exposition: Exposition, tail: LiveTail) -> None:
         with SCRAPES.serving():  # polls pause at their next page boundary until it is written
             gzip = accepts_gzip(self.headers.get("Accept-Encoding"))
-            chunks, content_type = scrape(exposition, registry, self.headers.get("Accept"), gzip)
+            chunks, content_type = tail.scrape(exposition, self.headers.get("Accept"), gzip)
             self._send(200, content_type, chunks, {"Content-Encoding": "gzip"} if gzip else {})
 
     def _readyz(self):
@@ -209,19 +208,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _text(self, status: int, text: str):
         self._send(status, "text/plain; charset=utf-8", [text.encode()])
 
-    def _send(self, status: int, content_type: str, chunks: list[bytes], headers: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        # The head leaves in the body's system call (end_headers would write it on its own):
-        # one GIL round trip per response, not two. HTTP/0.9 has no head at all.
+    def _send(self, status: int, content_type: str, chunks: Sequence[Buffer],
+              headers: dict[str, str] | None = None) -> None:
+        self.log_request(status)
+        # The head is built here and leaves in the body's system call (send_header and
+        # end_headers would write it on its own): one GIL round trip per response, not two.
+        # HTTP/0.9 has no head at all.
         head = b""
         if self.request_version != "HTTP/0.9":
-            head = b"".join([*self._headers_buffer, b"\r\n"])
-            self._headers_buffer = []
+            lines = [
+                f"{self.protocol_version} {status} {self.responses[status][0]}",
+                f"Server: {self.version_string()}",
+                f"Date: {self.date_time_string()}",
+                f"Content-Type: {content_type}",
+                f"Content-Length: {sum(len(c) for c in chunks)}",
+                "Cache-Control: no-store",
+                *(f"{name}: {value}" for name, value in (headers or {}).items()),
+            ]
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         write_all(self.connection, [head] if self.command == "HEAD" else [head, *chunks])
 
     def _index(self) -> str:

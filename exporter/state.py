@@ -16,7 +16,7 @@ import structlog
 from exporter.snapshot import Project, Snapshot
 
 FORMAT = "openai-projects-exporter/state"
-VERSION = 1
+VERSION = 2  # projects as objects keyed by field name
 log = structlog.get_logger("exporter.state")
 
 
@@ -27,7 +27,7 @@ def save(path: Path, snapshot: Snapshot) -> None:
         "completed_at": snapshot.completed_at,
         "pages": snapshot.pages,
         "duration": snapshot.duration,
-        "projects": [list(project) for project in snapshot.projects.values()],
+        "projects": [project._asdict() for project in snapshot.projects.values()],
     }
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -68,18 +68,20 @@ def load(path: Path) -> Snapshot | None:
     return snapshot
 
 
-def _project(row) -> Project:
-    if not isinstance(row, list) or len(row) != len(Project._fields):
-        raise ValueError("a project row has the wrong shape")
-    project = Project(*row)
-    text_or_none = (project.name, project.external_key_id, project.residency)
+_TEXT_OR_NONE = ("name", "external_key_id", "residency")
+
+
+def _project(row: object) -> Project:
+    if not isinstance(row, dict) or set(row) != set(Project._fields):
+        raise ValueError("a project entry does not have the fields of a project")
+    project = Project(**row)
     if (not isinstance(project.id, str) or not project.id or not isinstance(project.status, str)
             or not _is_number(project.created_at)
             or not (project.archived_at is None or _is_number(project.archived_at))
-            or not all(value is None or isinstance(value, str) for value in text_or_none)):
-        raise ValueError("a project row has the wrong types")
+            or not all(row[name] is None or isinstance(row[name], str) for name in _TEXT_OR_NONE)):
+        raise ValueError("a project entry has the wrong types")
     return project
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter
 from typing import Callable, Mapping, NamedTuple
 
 import httpx
@@ -194,13 +194,6 @@ class ProjectsClient:
     def finish_poll(self, poll: PollContext) -> None:
         """A poll succeeded: its pages are what the next poll compares its bodies with."""
         self._pages_before = poll.pages_read
-
-    def fetch_all(self, deadline: float) -> FetchResult:
-        """Every project in upstream order by one sequential walk; raise PollError on any fault."""
-        poll = self.start_poll(deadline)
-        result = FetchResult(self.walk(None, poll).projects, poll.pages, poll.scrapes_first.paused)
-        self.finish_poll(poll)
-        return result
 
     def walk(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int] | None = None,
              tolerate_unknown_cursor: bool = False) -> Walk | None:
@@ -423,7 +416,7 @@ def parse_page(body: bytes, request_id: str | None = None) -> Page:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _STR_OR_NONE = (str, type(None))
-_project_id = itemgetter(0)  # Project.id, at C speed
+_project_id = attrgetter("id")  # at C speed, for map()
 
 
 def _parse_plain_project(item) -> Project:
@@ -438,11 +431,9 @@ def _parse_plain_project(item) -> Project:
                 and type(key_id) in _STR_OR_NONE and type(residency) in _STR_OR_NONE):
             if not status:
                 status = ARCHIVED if archived_at is not None else ACTIVE
-            return _new_tuple(Project, (project_id, name, status, created_at, archived_at, key_id, residency))
+            return Project(id=project_id, name=name, status=status, created_at=created_at, archived_at=archived_at,
+                           external_key_id=key_id, residency=residency)
     return parse_project(item)
-
-
-_new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__: half the cost, 100,000 times a poll
 
 
 def parse_project(item) -> Project:

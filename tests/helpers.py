@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.chains import fetch_projects
 from exporter.simulator import OrganizationServer, Request, Response, SimulatedOrganization, error_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,7 +209,7 @@ def list_requests(server: OrganizationServer) -> list[Request]:
 
 def fetch(client, within: float = 10.0):
     """One whole poll with a deadline `within` seconds from now."""
-    return client.fetch_all(time.monotonic() + within)
+    return fetch_projects(client, time.monotonic() + within)
 
 
 # -- the real process ------------------------------------------------------------------

@@ -9,10 +9,9 @@ import tracemalloc
 import pytest
 
 from exporter import __version__
-from exporter.metrics import (
-    AGE_BUCKETS, Exposition, HealthMetrics, OrganizationMetrics, SnapshotRenderer, escape_label_value,
-    exporter_registry, scrape,
-)
+from exporter.exposition import AGE_BUCKETS, Exposition, LiveTail, SnapshotRenderer, escape_label_value
+from exporter.pipeline import PollOutcome, Published
+from exporter.selfmetrics import HealthMetrics, OrganizationMetrics, exporter_registry
 from exporter.snapshot import CHANGE_KINDS, Change, Project, Snapshot
 from exporter.upstream import POLL_FAILURE_REASONS
 from helpers import PER_PROJECT_FAMILIES, Metrics, fetch, promtool_check
@@ -46,21 +45,37 @@ def snapshot_of(projects, completed_at: float | None = None) -> Snapshot:
 
 
 class Rendered:
-    """Renderer, registry and metrics of one organization, wired as the daemon wires them."""
+    """Renderer, registry, metrics and live tail of one organization, wired as the daemon wires them."""
 
     def __init__(self, per_project: bool = True):
         self.renderer = SnapshotRenderer(per_project)
-        self.current = Exposition(None)
+        self.published = Published()
         self.registry = exporter_registry()
         self.metrics = OrganizationMetrics(HealthMetrics(self.registry), None, self.registry,
-                                           lambda: self.current)
+                                           lambda: self.published.current)
+        self.tail = LiveTail(self.registry, lambda: (self.published.generation,))
+
+    @property
+    def current(self) -> Exposition:
+        return self.published.current
 
     def publish(self, snapshot: Snapshot) -> Exposition:
-        self.current = self.renderer.render(snapshot)
+        self.published.current = self.renderer.render(snapshot)
         return self.current
 
+    def record_success(self, changes: list[Change], duration: float = 0.25) -> None:
+        """What a poll's end records, as exporter.pipeline.Poller does."""
+        snapshot = self.current.snapshot
+        assert snapshot is not None
+        self.metrics.record_success(snapshot, changes, duration)
+        self.published.finish(PollOutcome(True, snapshot.completed_at, duration))
+
+    def record_failure(self, reason: str, duration: float) -> None:
+        self.metrics.record_failure(reason, duration)
+        self.published.finish(PollOutcome(False, time.time(), duration, reason, "failed"))
+
     def scrape_bytes(self, accept: str | None = None, gzipped: bool = False) -> tuple[bytes, str]:
-        chunks, content_type = scrape(self.current, self.registry, accept, gzipped)
+        chunks, content_type = self.tail.scrape(self.current, accept, gzipped)
         return b"".join(chunks), content_type
 
     def scrape(self, accept: str | None = None) -> Metrics:
@@ -178,8 +193,8 @@ def test_promtool_accepts_the_exposition():
                for n, name in enumerate(NASTY_NAMES)]
     rendered = Rendered()
     rendered.publish(snapshot_of(projects))
-    rendered.metrics.record_success(rendered.current.snapshot, [Change("created", projects[0])])
-    rendered.metrics.record_failure("rate_limited", 1.5)
+    rendered.record_success([Change("created", projects[0])])
+    rendered.record_failure("rate_limited", 1.5)
     rendered.metrics.record_response(200)
     rendered.metrics.record_response(429)
     body, _ = rendered.scrape_bytes()
@@ -284,16 +299,14 @@ def test_record_success_and_failure():
     rendered = Rendered()
     snapshot = snapshot_of([project("proj_a")], completed_at=1_750_000_000.5)
     rendered.publish(snapshot)
-    metrics = rendered.metrics
-
-    metrics.record_success(snapshot, [Change("created", snapshot.projects["proj_a"]),
-                                      Change("renamed", snapshot.projects["proj_a"], "old"),
-                                      Change("created", snapshot.projects["proj_a"])])
+    rendered.record_success([Change("created", snapshot.projects["proj_a"]),
+                             Change("renamed", snapshot.projects["proj_a"], "old"),
+                             Change("created", snapshot.projects["proj_a"])])
     after_success = rendered.scrape()
-    metrics.record_failure("timeout", 2.5)
-    metrics.record_response(200)
-    metrics.record_response(200)
-    metrics.record_response(503)
+    rendered.metrics.record_response(200)
+    rendered.metrics.record_response(200)
+    rendered.metrics.record_response(503)
+    rendered.record_failure("timeout", 2.5)
     after_failure = rendered.scrape()
 
     assert after_success.value("openai_up") == 1
@@ -379,3 +392,26 @@ def test_a_render_holds_the_rendered_bytes_once_and_at_most_last_and_next():
         assert peak - before < 1.5 * size  # the next buffers beside the last ones, nothing more
     finally:
         tracemalloc.stop()
+
+
+def test_a_poll_ending_renews_the_live_tail_at_once():
+    """A tail rendered by a scrape just before a poll ends is never served after it, the
+    first poll of the process included; within its second it serves the same bytes."""
+    now = [1000.0]
+    rendered = Rendered()
+    rendered.tail = LiveTail(rendered.registry, lambda: (rendered.published.generation,), clock=lambda: now[0])
+    snapshot = snapshot_of([project("proj_a")])
+    rendered.publish(snapshot)
+    before = rendered.tail.scrape(rendered.current, None, False)[0][-1]
+    assert Metrics(rendered.scrape_bytes()[0].decode()).value("openai_up") == 0
+    assert rendered.tail.scrape(rendered.current, None, False)[0][-1] is before  # within TAIL_TTL: cached
+
+    rendered.record_success([Change("created", snapshot.projects["proj_a"])])  # the clock stands still
+    after = Metrics(rendered.scrape_bytes()[0].decode())
+    assert after.value("openai_up") == 1
+    assert after.value("openai_project_changes_total", change="created") == 1
+
+    rendered.metrics.record_response(200)  # request counts may lag by up to TAIL_TTL, no more
+    assert Metrics(rendered.scrape_bytes()[0].decode()).get("openai_api_requests_total", code="200") is None
+    now[0] += 1.0
+    assert Metrics(rendered.scrape_bytes()[0].decode()).value("openai_api_requests_total", code="200") == 1

@@ -76,7 +76,7 @@ def test_each_good_poll_writes_the_state_and_a_failed_poll_does_not(upstream, pr
     process.wait_ready()
     wait_for(state_file.exists, 5, what="the state file")
     document = read_state(state_file)
-    assert [row[0] for row in document["projects"]] == [p["id"] for p in source.organization.all()]
+    assert [row["id"] for row in document["projects"]] == [p["id"] for p in source.organization.all()]
     assert not state_file.with_name(state_file.name + ".tmp").exists()
 
     # A second good poll writes again; a failed one leaves the file as it was.
@@ -155,7 +155,7 @@ def test_restart_serves_the_saved_snapshot_at_once_and_counts_what_changed_meanw
     assert metrics.value("openai_up") == 1
     for change in ("created", "archived", "unarchived", "renamed", "removed"):
         assert metrics.value("openai_project_changes_total", change=change) == 1
-    assert [row[0] for row in read_state(state_file)["projects"]] == [p["id"] for p in organization.all()]
+    assert [row["id"] for row in read_state(state_file)["projects"]] == [p["id"] for p in organization.all()]
 
 
 UNUSABLE = {
@@ -163,7 +163,8 @@ UNUSABLE = {
     "empty": lambda valid: b"",
     "foreign-json": lambda valid: b'{"version": 1, "projects": []}',
     "binary": lambda valid: bytes(range(256)) * 4,
-    "newer-version": lambda valid: valid.replace(b'"version":1', b'"version":2'),
+    "newer-version": lambda valid: valid.replace(b'"version":2', b'"version":3'),
+    "positional-rows": lambda valid: valid.replace(b'"version":2', b'"version":1'),
 }
 
 
@@ -223,10 +224,16 @@ def test_directory_in_place_of_the_state_file_is_a_warning(upstream, processes, 
     assert process.metrics().value("openai_up") == 1
 
 
+_ROW = {"id": "proj_a", "name": "A", "status": "active", "created_at": 1700000000, "archived_at": None,
+        "external_key_id": None, "residency": None}
+
+
 @pytest.mark.parametrize("row", [
-    ["proj_a", 5, "active", 1700000000, None, None, None],
-    ["proj_a", "A", "active", 1700000000, "yesterday", None, None],
-], ids=["name-number", "archived-at-text"])
+    {**_ROW, "name": 5},
+    {**_ROW, "archived_at": "yesterday"},
+    {k: v for k, v in _ROW.items() if k != "residency"},
+    ["proj_a", "A", "active", 1700000000, None, None, None],
+], ids=["name-number", "archived-at-text", "field-missing", "positional"])
 def test_state_rows_of_the_wrong_types_are_ignored_not_a_crash(upstream, processes, tmp_path, row):
     source = upstream(90)
     source.hold()
@@ -276,7 +283,7 @@ def test_sigkill_during_a_write_leaves_the_old_state_or_the_new_never_half(upstr
     # The organization changes while the exporter is down; the restarted one serves the file
     # at once, marked stale, and its first poll logs and counts the changes.
     saved = read_state(state_file)
-    victim = saved["projects"][5][0]
+    victim = saved["projects"][5]["id"]
     source.organization.remove(victim)
     made = source.organization.create("After the crash")
     source.hold()
@@ -286,7 +293,7 @@ def test_sigkill_during_a_write_leaves_the_old_state_or_the_new_never_half(upstr
         metrics = restarted.metrics()
         assert total(metrics) == projects and metrics.value("openai_up") == 0
         served = metrics.values_by_label("openai_project_created_timestamp_seconds", "project_id")
-        assert set(served) == {row[0] for row in saved["projects"]} and victim in served
+        assert set(served) == {row["id"] for row in saved["projects"]} and victim in served
         assert metrics.value("openai_last_successful_poll_timestamp_seconds") == pytest.approx(saved["completed_at"])
         released = source.release()
         wait_event(restarted, "poll_succeeded", released, timeout=30)

@@ -1,4 +1,4 @@
-"""The poll job and its schedule: fetch, snapshot, diff, log, render, then one atomic swap.
+"""One poll of an organization: fetch, snapshot, render, diff, log, then one atomic swap.
 
 Scrapes read `Published.current` and never wait: a poll builds its Exposition on the side
 and replaces the reference in one assignment, which is atomic in CPython.
@@ -6,27 +6,23 @@ and replaces the reference in one assignment, which is atomic in CPython.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
-import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timezone
 from pathlib import Path
 
 import structlog
-from apscheduler.executors.base import BaseExecutor, run_job
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import logs, state
 from exporter.chains import fetch_projects
-from exporter.metrics import Exposition, OrganizationMetrics, SnapshotRenderer
+from exporter.exposition import EMPTY, Exposition, SnapshotRenderer
+from exporter.memory import release_free_memory
 from exporter.priority import lower_thread_priority
-from exporter.snapshot import Snapshot, diff
+from exporter.selfmetrics import OrganizationMetrics
+from exporter.snapshot import Change, Snapshot, diff
 from exporter.upstream import PollCancelled, PollError, ProjectsClient
 
-log = structlog.get_logger("exporter.poll")
+log = structlog.get_logger("exporter.poll")  # the name every poll log line has carried
 
 
 @dataclass(frozen=True)
@@ -41,11 +37,21 @@ class PollOutcome:
 
 
 class Published:
-    """The exposition that scrapes serve, and the last poll's outcome."""
+    """The exposition that scrapes serve, and the last poll's outcome.
 
-    def __init__(self):
-        self.current = Exposition(None)
+    `generation` counts the polls that ended, with or without success: a scrape's live tail
+    rendered at one generation is stale at the next (exporter.exposition.LiveTail).
+    """
+
+    def __init__(self) -> None:
+        self.current: Exposition = EMPTY
         self.last_outcome: PollOutcome | None = None
+        self.generation = 0
+
+    def finish(self, outcome: PollOutcome) -> None:
+        """A poll ended: its metrics are recorded, and this is its verdict."""
+        self.last_outcome = outcome
+        self.generation += 1  # only the organization's one poll thread writes it
 
     @property
     def ready(self) -> bool:
@@ -78,7 +84,7 @@ class Poller:
         except Exception as exc:  # whatever a state file holds, it never stops a start
             log.warning("state_file_ignored", path=str(self._state_file), reason=f"{type(exc).__name__}: {exc}"[:200])
             return
-        self._metrics.last_success.set(snapshot.completed_at)
+        self._metrics.restored(snapshot)
 
     def poll(self) -> None:
         lower_thread_priority()
@@ -105,7 +111,7 @@ class Poller:
         duration = time.monotonic() - started  # the whole poll: fetch, render and diff
         self._published.current = exposition
         self._metrics.record_success(snapshot, changes, duration)
-        self._published.last_outcome = PollOutcome(True, snapshot.completed_at, duration)
+        self._published.finish(PollOutcome(True, snapshot.completed_at, duration))
         self._log_changes(previous, snapshot, changes)
         self._save(snapshot)
         release_free_memory()
@@ -125,12 +131,12 @@ class Poller:
         duration = time.monotonic() - started
         self._metrics.record_failure(reason, duration)
         message = logs.scrub(message)  # the / page shows it; upstream data may quote anything
-        self._published.last_outcome = PollOutcome(False, time.time(), duration, reason, message)
+        self._published.finish(PollOutcome(False, time.time(), duration, reason, message))
         log.warning("poll_failed", reason=reason, message=message, request_id=request_id,
                     duration=round(duration, 3))
 
     @staticmethod
-    def _log_changes(previous: Snapshot | None, snapshot: Snapshot, changes) -> None:
+    def _log_changes(previous: Snapshot | None, snapshot: Snapshot, changes: Sequence[Change]) -> None:
         if previous is None:
             log.info("initial_snapshot", projects=len(snapshot.projects), active=snapshot.counts["active"],
                      archived=snapshot.counts["archived"])
@@ -140,52 +146,3 @@ class Poller:
             if change.kind == "renamed":
                 fields.update(old_name=change.old_name, new_name=change.project.name)
             log.info(f"project_{change.kind}", **fields)
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand the memory a poll freed back to the system.
-
-    glibc keeps freed heap memory for reuse, so without this the resident size of a large
-    organization climbs poll after poll to about twice the live data, though nothing leaks.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-class DaemonThreadExecutor(BaseExecutor):
-    """Runs each job in a daemon thread, so a poll stuck in a socket read never blocks exit.
-
-    apscheduler's own thread pool uses non-daemon workers, which the interpreter joins at
-    exit: a poll waiting on a 30 s upstream timeout would hold SIGTERM hostage.
-    """
-
-    def _do_submit_job(self, job, run_times):
-        def target():
-            try:
-                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
-            except BaseException:
-                _, exc, tb = sys.exc_info()
-                self._run_job_error(job.id, exc, tb)
-            else:
-                self._run_job_success(job.id, events)
-
-        threading.Thread(target=target, name="poll", daemon=True).start()
-
-
-def new_scheduler() -> BackgroundScheduler:
-    """A scheduler whose jobs never overlap themselves and merge missed runs; not yet started."""
-    return BackgroundScheduler(
-        executors={"default": DaemonThreadExecutor()},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        timezone=timezone.utc,
-    )

@@ -23,33 +23,27 @@ from __future__ import annotations
 
 import bisect
 import copy
-import itertools
 import struct
 import threading
 import time
-import weakref
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Union
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
-from exporter import __version__
-from exporter.snapshot import ACTIVE, ARCHIVED, CHANGE_KINDS, Change, Project, Snapshot
-from exporter.upstream import POLL_FAILURE_REASONS
+from exporter.snapshot import ACTIVE, ARCHIVED, Project, Snapshot
+
+# Rendered bytes, or a read-only view into a larger rendered buffer (see SnapshotRenderer).
+Buffer = Union[bytes, bytearray, memoryview]
 
 AGE_BUCKETS = tuple(days * 86400.0 for days in (1, 7, 30, 90, 180, 365, 730))
 GZIP_LEVEL = 6  # zlib's default: only changed runs of projects are compressed again at each poll
-_SOURCE = "from the last successful background poll of the OpenAI Admin API"
-
-# `_created` series for every counter double the exporter's own output and say nothing here.
-disable_created_metrics()
+SOURCE = "from the last successful background poll of the OpenAI Admin API"
 
 
 def escape_label_value(value: str | None) -> str:
@@ -72,19 +66,19 @@ def _header(name: str, help_text: str) -> bytes:
     return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()
 
 
-PROJECTS_HEADER = _header("openai_projects", f"Projects by status, {_SOURCE}.")
-INFO_HEADER = _header("openai_project_info", f"Project metadata, {_SOURCE}; always 1.")
+PROJECTS_HEADER = _header("openai_projects", f"Projects by status, {SOURCE}.")
+INFO_HEADER = _header("openai_project_info", f"Project metadata, {SOURCE}; always 1.")
 CREATED_HEADER = _header(
-    "openai_project_created_timestamp_seconds", f"Unix time the project was created, {_SOURCE}."
+    "openai_project_created_timestamp_seconds", f"Unix time the project was created, {SOURCE}."
 )
 ARCHIVED_HEADER = _header(
-    "openai_project_archived_timestamp_seconds", f"Unix time the project was archived, {_SOURCE}."
+    "openai_project_archived_timestamp_seconds", f"Unix time the project was archived, {SOURCE}."
 )
 
 
 def info_line(project: Project) -> bytes:
-    project_id, name, status, _, _, key_id, residency = project
-    name, key_id, residency = name or "", key_id or "", residency or ""
+    project_id, status = project.id, project.status
+    name, key_id, residency = project.name or "", project.external_key_id or "", project.residency or ""
     # One scan of all label values instead of five escape calls: almost none need escaping.
     values = f"{project_id}{name}{status}{key_id}{residency}"
     if "\\" in values or '"' in values or "\n" in values:
@@ -129,7 +123,7 @@ class AgeIndex:
     def histogram(self, now: float) -> HistogramMetricFamily:
         family = HistogramMetricFamily(
             "openai_project_age_seconds",
-            f"Age of the projects at scrape time, by status, {_SOURCE}.",
+            f"Age of the projects at scrape time, by status, {SOURCE}.",
             labels=["status"],
         )
         for status, created in self.created_sorted.items():
@@ -147,8 +141,8 @@ class AgeIndex:
 class Piece(NamedTuple):
     """Exposition bytes, and the same bytes deflated on their own (see `deflate`)."""
 
-    raw: bytes
-    deflated: bytes
+    raw: Buffer
+    deflated: Buffer
 
     @classmethod
     def of(cls, raw: bytes) -> "Piece":
@@ -183,7 +177,7 @@ class Exposition:
     bytes in hundreds of pieces (see the README's Performance section).
     """
 
-    def __init__(self, snapshot: Snapshot | None, raw: Sequence[bytes] = (), deflated: Sequence[bytes] = (),
+    def __init__(self, snapshot: Snapshot | None, raw: Sequence[Buffer] = (), deflated: Sequence[Buffer] = (),
                  age_index: AgeIndex | None = None):
         self.snapshot = snapshot
         self.age_index = age_index or AgeIndex.build(())
@@ -201,10 +195,10 @@ class Exposition:
         again.snapshot = snapshot
         return again
 
-    def body(self, tail: bytes) -> list[bytes]:
+    def body(self, tail: bytes) -> list[Buffer]:
         return [*self.raw, tail]
 
-    def gzip_body(self, tail: bytes, deflated_tail: bytes | None = None) -> list[bytes]:
+    def gzip_body(self, tail: bytes, deflated_tail: bytes | None = None) -> list[Buffer]:
         """A gzip stream: header, cached deflated bytes, the tail as the final block, CRC and size."""
         if deflated_tail is None:
             deflated_tail = deflate_final(tail)
@@ -274,179 +268,34 @@ class SnapshotRenderer:
         return self._last
 
 
-def exporter_registry() -> CollectorRegistry:
-    """The registry behind /metrics: process, platform, GC and build info, then poll health."""
-    registry = CollectorRegistry(auto_describe=True)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    Gauge("openai_exporter_build_info", "Build of this exporter; always 1.", ["version"],
-          registry=registry).labels(__version__).set(1)
-    return registry
 
 
-class HealthMetrics:
-    """The health of the background polls; labelled `organization` when there are several."""
-
-    def __init__(self, registry: CollectorRegistry, by_organization: bool = False):
-        org = ["organization"] if by_organization else []
-        self.up = Gauge("openai_up", "1 when the last background poll of the Admin API succeeded, else 0.",
-                        org, registry=registry)
-        self.last_success = Gauge(
-            "openai_last_successful_poll_timestamp_seconds",
-            "Unix time the last successful background poll ended; 0 before the first.", org, registry=registry)
-        self.poll_duration = Gauge("openai_poll_duration_seconds",
-                                   "Duration of the last background poll, successful or not.", org,
-                                   registry=registry)
-        self.polls = Counter("openai_polls_total", "Background polls of the Admin API, finished or failed.",
-                             org, registry=registry)
-        self.failures = Counter("openai_poll_failures_total", "Background polls that failed, by reason.",
-                                org + ["reason"], registry=registry)
-        self.requests = Counter("openai_api_requests_total",
-                                "Upstream HTTP responses to background polls, by status code.",
-                                org + ["code"], registry=registry)
+EMPTY = Exposition(None)  # before the first poll, and /metrics of a multi-target exporter
 
 
-class _Discard:
-    """Takes the calls of a metric child and does nothing with them."""
+class AgeHistogram:
+    """openai_project_age_seconds, from the current exposition's AgeIndex at scrape time."""
 
-    def inc(self, amount: float = 1) -> None:
-        pass
+    def __init__(self, current_exposition: Callable[[], Exposition]):
+        self._current = current_exposition
 
-    def set(self, value: float) -> None:
-        pass
+    def describe(self) -> list[HistogramMetricFamily]:
+        return []
 
-
-_DISCARD = _Discard()
-
-
-def _remove(metric, labels) -> None:
-    try:
-        metric.remove(*labels)
-    except KeyError:
-        pass
-
-
-class OrganizationMetrics:
-    """What one organization's polls record: its health children, its change counter, its ages.
-
-    `project_registry` holds the per-organization project metrics (the change counter and
-    the age histogram): /metrics' own registry for a single organization, a registry of the
-    organization's own, served by /probe, when there are several.
-    """
-
-    def __init__(self, health: HealthMetrics, alias: str | None, project_registry: CollectorRegistry,
-                 current_exposition: Callable[[], "Exposition"]):
-        org = (alias,) if alias is not None else ()
-
-        def child(metric, *labels):
-            return metric.labels(*org, *labels) if org or labels else metric
-
-        self._health = health
-        self._alias = alias
-        self._codes: set[str] = set()
-        self._forgotten = False
-
-        def recording(metric, *labels):
-            # After forget(), a poll still finishing must not bring the series back.
-            return _DISCARD if self._forgotten else child(metric, *labels)
-
-        self._child = recording
-        for metric in (health.up, health.last_success, health.poll_duration, health.polls):
-            child(metric)  # present from the start, before the first poll ends
-        self.registry = project_registry
-        self.changes = Counter("openai_project_changes_total",
-                               "Project changes seen between successive background polls, by kind.",
-                               ["change"], registry=project_registry)
-        for reason in POLL_FAILURE_REASONS:
-            child(health.failures, reason)
-        for kind in CHANGE_KINDS:
-            self.changes.labels(kind)
-        project_registry.register(_AgeHistogram(current_exposition))
-
-    def record_response(self, code: int) -> None:
-        self._codes.add(str(code))
-        self._child(self._health.requests, str(code)).inc()
-
-    @property
-    def up(self):
-        return self._child(self._health.up)
-
-    @property
-    def last_success(self):
-        return self._child(self._health.last_success)
-
-    @property
-    def poll_duration(self):
-        return self._child(self._health.poll_duration)
-
-    @property
-    def polls(self):
-        return self._child(self._health.polls)
-
-    def forget(self) -> None:
-        """Drop a removed organization's health series, so they do not linger as stale values."""
-        self._forgotten = True
-        if self._alias is None:
-            return
-        health, alias = self._health, self._alias
-        for metric in (health.up, health.last_success, health.poll_duration, health.polls):
-            _remove(metric, (alias,))
-        for reason in POLL_FAILURE_REASONS:
-            _remove(health.failures, (alias, reason))
-        for code in self._codes:
-            _remove(health.requests, (alias, code))
-
-    def record_success(self, snapshot: Snapshot, changes: Sequence[Change], duration: float | None = None) -> None:
-        self.polls.inc()
-        for change in changes:
-            self.changes.labels(change.kind).inc()
-        self.poll_duration.set(snapshot.duration if duration is None else duration)
-        self.last_success.set(snapshot.completed_at)
-        self.up.set(1)
-        poll_finished()
-
-    def record_failure(self, reason: str, duration: float) -> None:
-        self.polls.inc()
-        self._child(self._health.failures, reason).inc()
-        self.poll_duration.set(duration)
-        self.up.set(0)
-        poll_finished()
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        exposition = self._current()
+        if exposition.snapshot is not None:
+            yield exposition.age_index.histogram(time.time())
 
 
 TAIL_TTL = 1.0  # seconds a scrape may reuse the live tail another scrape rendered
-_tails: "weakref.WeakKeyDictionary[CollectorRegistry, dict]" = weakref.WeakKeyDictionary()
-_tails_lock = threading.Lock()
-_poll_epoch = itertools.count()  # moves at each poll's end, so its results are never served stale
-_epoch = 0
-
-
-def poll_finished() -> None:
-    global _epoch
-    _epoch = next(_poll_epoch)
-
-
-def scrape(exposition: "Exposition", registry: CollectorRegistry, accept: str | None,
-           gzip: bool) -> tuple[list[bytes], str]:
-    """The body chunks and content type of one scrape: cached block plus the live tail.
-
-    The tail (process, GC and poll-health metrics, and the age histogram) is rendered at most
-    once per TAIL_TTL and per finished poll, so scrapes from several Prometheus replicas, or
-    a storm of them, cost a write each: only process counters and request counts may lag
-    by up to a second, and a poll's verdict shows at once.
-    """
-    encoder, content_type = choose_encoder(accept or "")
-    tail = _tail(registry, encoder, content_type)
-    if gzip:
-        return exposition.gzip_body(tail.raw, tail.deflated), content_type
-    return exposition.body(tail.raw), content_type
 
 
 class _Tail:
     """A rendered live tail, and its compressed form made on the first gzip scrape that needs it."""
 
-    def __init__(self, raw: bytes, expires: float, epoch: int):
-        self.raw, self.expires, self.epoch = raw, expires, epoch
+    def __init__(self, raw: bytes, expires: float, version: Iterable[int]):
+        self.raw, self.expires, self.version = raw, expires, tuple(version)
         self._deflated: bytes | None = None
 
     @property
@@ -456,29 +305,41 @@ class _Tail:
         return self._deflated
 
 
-def _tail(registry: CollectorRegistry, encoder, content_type: str) -> _Tail:
-    now = time.monotonic()
-    with _tails_lock:
-        cached = _tails.setdefault(registry, {}).get(content_type)
-    if cached is not None and cached.expires > now and cached.epoch == _epoch:
-        return cached
-    tail = _Tail(b"", now + TAIL_TTL, _epoch)
-    tail.raw = encoder(registry)
-    with _tails_lock:
-        _tails[registry][content_type] = tail
-    return tail
+class LiveTail:
+    """The live part of a scrape: one registry's metrics, rendered at most once per TAIL_TTL.
 
+    Scrapes from several Prometheus replicas, or a storm of them, then cost a write each:
+    only process counters and request counts may lag by up to a second. A tail is also
+    tied to the `version` it was rendered at, the generations of the polls whose health the
+    registry holds, so a poll's verdict and its change counters show at the next scrape.
+    The version is read before rendering: a poll that ends during a render makes that
+    tail stale at once rather than letting it pass for the new state.
+    """
 
-class _AgeHistogram:
-    """openai_project_age_seconds, computed from the current exposition's AgeIndex."""
+    def __init__(self, registry: CollectorRegistry, version: Callable[[], Iterable[int]],
+                 clock: Callable[[], float] = time.monotonic):
+        self.registry = registry
+        self._version = version
+        self._clock = clock
+        self._tails: dict[str, _Tail] = {}
+        self._lock = threading.Lock()
 
-    def __init__(self, current_exposition):
-        self._current = current_exposition
+    def scrape(self, exposition: Exposition, accept: str | None, gzip: bool) -> tuple[list[Buffer], str]:
+        """The body chunks and content type of one scrape: the cached block plus this tail."""
+        encoder, content_type = choose_encoder(accept or "")
+        tail = self._tail(encoder, content_type)
+        if gzip:
+            return exposition.gzip_body(tail.raw, tail.deflated), content_type
+        return exposition.body(tail.raw), content_type
 
-    def describe(self):
-        return []
-
-    def collect(self):
-        exposition = self._current()
-        if exposition.snapshot is not None:
-            yield exposition.age_index.histogram(time.time())
+    def _tail(self, encoder: Callable[[CollectorRegistry], bytes], content_type: str) -> _Tail:
+        version = tuple(self._version())
+        now = self._clock()
+        with self._lock:
+            cached = self._tails.get(content_type)
+        if cached is not None and cached.expires > now and cached.version == version:
+            return cached
+        tail = _Tail(encoder(self.registry), now + TAIL_TTL, version)
+        with self._lock:
+            self._tails[content_type] = tail
+        return tail
