@@ -12,8 +12,9 @@ from dataclasses import replace
 import structlog
 
 from exporter import __version__, logs
+from exporter.config import from_settings, load_config
 from exporter.metrics import exporter_registry
-from exporter.organizations import Fleet, from_settings, load_config
+from exporter.organizations import Fleet
 from exporter.scheduling import new_scheduler
 from exporter.server import ExporterServer
 from exporter.settings import Settings, SettingsError, load
