@@ -65,7 +65,7 @@ def run(settings: Settings) -> int:
     if settings.demo:
         simulator = OrganizationServer(SimulatedOrganization(settings.demo_projects),
                                        settings.admin_key.read()).start()
-        start_churn(simulator.organization, max(1.0, settings.poll_interval / 2), stop)
+        start_churn(simulator.organization, max(1.0, configs[0].poll_interval / 2), stop)
         configs = [replace(configs[0], base_url=simulator.base_url)]
 
     scheduler = new_scheduler()

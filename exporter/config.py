@@ -1,12 +1,15 @@
-"""`--config.file`: the organizations to poll, each with its own key and settings.
+"""`--config.file`: the organizations to poll, each built from the per-organization rows of
+the settings table (exporter/settings.py), as the single organization of the flags is.
 
     organizations:
       - alias: production
-        admin_key_file: /run/secrets/openai-production   # or admin_key_env: VARIABLE
+        admin_key_file: /run/secrets/openai-production   # or admin_key_env: VARIABLE, or admin_key
         poll_interval: 5m                                 # optional: flags give the defaults
-      - alias: staging
-        admin_key_env: OPENAI_ADMIN_KEY_STAGING
-        base_url: https://api.openai.com/v1
+
+An organization's key for a setting is the row's `key`; its value is parsed and checked by
+the row, as the flag's is. A key the organization leaves out takes what the flags or
+variables gave, and then the table's default; a derived default (poll_timeout follows
+poll_interval) is derived again from the organization's own values.
 """
 
 from __future__ import annotations
@@ -14,20 +17,30 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import structlog
 import yaml
 
-from exporter.settings import AdminKey, Settings, SettingsError, parse_bool, parse_duration
+from exporter.settings import PER_ORGANIZATION, AdminKey, Setting, Settings, SettingsError, resolve
 
 log = structlog.get_logger("exporter.organizations")  # the logger its warning has always had
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_KEY_FIELDS = ("admin_key_file", "admin_key_env", "admin_key")
 
 
 @dataclass(frozen=True)
 class OrganizationConfig:
+    """One organization's settings.
+
+    Besides alias, admin_key, state_file and key_source, the fields are the keys of the
+    per-organization rows, named here once more only for their types. `_build` passes them
+    by keyword, so a row without its field, or a field without its row, fails at the start.
+    """
+
     alias: str | None  # None: the single organization of the flags
     base_url: str
     admin_key: AdminKey
@@ -41,30 +54,35 @@ class OrganizationConfig:
     state_file: Path | None = None
     key_source: str = ""  # where the key comes from, to tell a changed source on reload
 
-    def same_as(self, other: "OrganizationConfig") -> bool:
+    def same_as(self, other: OrganizationConfig) -> bool:
         """Equal but for the AdminKey object itself, whose source `key_source` names."""
         return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name != "admin_key")
 
 
-def from_settings(settings: Settings) -> OrganizationConfig:
+def _build(defaults: Settings, texts: Mapping[str, str], where: str | None, *, alias: str | None,
+           admin_key: AdminKey, state_file: Path | None = None, key_source: str = "") -> OrganizationConfig:
+    """An organization from its texts over the flags' texts; `where` prefixes a bad key's error
+    (None: every text is a flag's, and a bad one names its flag)."""
+    known = {f.name: getattr(defaults, f.name) for f in fields(defaults)}  # what derived defaults may read
+
+    def named(row: Setting[Any]) -> str:
+        return row.flag if where is None else f"{where}: {row.key}"
+
+    values = resolve(PER_ORGANIZATION, {**defaults.organization_texts, **texts}, named, known)
     return OrganizationConfig(
-        alias=None, base_url=settings.base_url, admin_key=settings.admin_key,
-        api_timeout=settings.api_timeout, api_max_retries=settings.api_max_retries,
-        poll_interval=settings.poll_interval, poll_timeout=settings.poll_timeout,
-        poll_max_pages=settings.poll_max_pages, poll_concurrency=settings.poll_concurrency,
-        per_project_metrics=settings.per_project_metrics, state_file=settings.state_file,
+        alias=alias, admin_key=admin_key, state_file=state_file, key_source=key_source,
+        **{row.key: values[row.key] for row in PER_ORGANIZATION},
     )
 
 
-_OPTIONAL = {
-    "base_url": str, "api_timeout": parse_duration, "api_max_retries": int, "poll_interval": parse_duration,
-    "poll_timeout": parse_duration, "poll_max_pages": int, "poll_concurrency": int,
-    "per_project_metrics": parse_bool,
-}
-_KEY_FIELDS = ("admin_key_file", "admin_key_env", "admin_key")
+def from_settings(settings: Settings) -> OrganizationConfig:
+    """The single organization of the flags, used without --config.file: a fleet of one."""
+    if settings.admin_key is None:
+        raise SettingsError("the flags name no organization with --config.file; use load_config")
+    return _build(settings, {}, None, alias=None, admin_key=settings.admin_key, state_file=settings.state_file)
 
 
-def load_config(path: Path, defaults: Settings, environ: dict[str, str] | None = None) -> list[OrganizationConfig]:
+def load_config(path: Path, defaults: Settings, environ: Mapping[str, str] | None = None) -> list[OrganizationConfig]:
     """The organizations of a config file; SettingsError with one line on any problem."""
     environ = os.environ if environ is None else environ
     try:
@@ -80,13 +98,14 @@ def load_config(path: Path, defaults: Settings, environ: dict[str, str] | None =
     for number, entry in enumerate(entries, start=1):
         configs.append(_organization(entry, number, path.parent, defaults, environ))
     aliases = [c.alias for c in configs]
-    duplicates = sorted({a for a in aliases if aliases.count(a) > 1})
+    duplicates = sorted({a for a in aliases if a is not None and aliases.count(a) > 1})
     if duplicates:
         raise SettingsError(f"--config.file: alias {duplicates[0]!r} appears more than once")
     return configs
 
 
-def _organization(entry, number: int, base: Path, defaults: Settings, environ) -> OrganizationConfig:
+def _organization(entry: object, number: int, base: Path, defaults: Settings,
+                  environ: Mapping[str, str]) -> OrganizationConfig:
     where = f"--config.file: organization #{number}"
     if not isinstance(entry, dict):
         raise SettingsError(f"{where} is not a mapping")
@@ -94,9 +113,18 @@ def _organization(entry, number: int, base: Path, defaults: Settings, environ) -
     if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
         raise SettingsError(f"{where}: `alias` must be letters, digits, '_', '.' or '-'")
     where = f"--config.file: organization {alias!r}"
-    unknown = set(entry) - {"alias", *_KEY_FIELDS, *_OPTIONAL}
+    unknown = set(entry) - {"alias", *_KEY_FIELDS, *(row.key for row in PER_ORGANIZATION)}
     if unknown:
         raise SettingsError(f"{where}: unknown keys {sorted(unknown)}")
+    key, source = _admin_key(entry, alias, where, base, environ)
+    # YAML has already typed the values (5 is an int, true a bool); the rows parse text, as from a flag.
+    texts = {row.key: str(entry[row.key]) for row in PER_ORGANIZATION if entry.get(row.key) is not None}
+    return _build(defaults, texts, where, alias=alias, admin_key=key, key_source=source)
+
+
+def _admin_key(entry: dict[Any, Any], alias: str, where: str, base: Path,
+               environ: Mapping[str, str]) -> tuple[AdminKey, str]:
+    """The organization's key and its source, from exactly one of admin_key_file, admin_key_env, admin_key."""
     given = [k for k in _KEY_FIELDS if entry.get(k)]
     if len(given) != 1:
         raise SettingsError(f"{where}: give exactly one of admin_key_file, admin_key_env, admin_key")
@@ -118,20 +146,4 @@ def _organization(entry, number: int, base: Path, defaults: Settings, environ) -
         key.read()  # a key that cannot be read is a bad config, caught now rather than at the first poll
     except SettingsError as exc:
         raise SettingsError(f"{where}: {exc}") from None
-    values = {}
-    for name, parse in _OPTIONAL.items():
-        if entry.get(name) is None:
-            continue
-        try:
-            values[name] = parse(str(entry[name]))
-        except ValueError as exc:
-            raise SettingsError(f"{where}: {name}: {exc}") from None
-    config = replace(from_settings(defaults), alias=alias, admin_key=key, state_file=None, key_source=source,
-                     **values)
-    if config.poll_interval < 1 or config.poll_timeout <= 0 or config.api_timeout <= 0:
-        raise SettingsError(f"{where}: intervals and timeouts must be positive (poll_interval at least 1s)")
-    if config.api_max_retries < 0 or config.poll_max_pages < 1 or config.poll_concurrency < 1:
-        raise SettingsError(f"{where}: api_max_retries, poll_max_pages and poll_concurrency are out of range")
-    if "poll_timeout" not in values and "poll_interval" in values and defaults.poll_timeout == defaults.poll_interval:
-        config = replace(config, poll_timeout=config.poll_interval)
-    return config
+    return key, source

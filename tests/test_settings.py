@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.config import from_settings
 from exporter.settings import (
     DEFAULT_BASE_URL, DEFAULT_PORT, AdminKey, SettingsError, load, parse_bool, parse_duration,
     parse_listen_address,
@@ -49,12 +50,13 @@ def test_bad_listen_addresses(text):
 
 def test_defaults():
     settings = load([], ENV)
+    organization = from_settings(settings)
     assert (settings.listen_host, settings.listen_port) == ("", DEFAULT_PORT) == ("", 9186)
-    assert settings.base_url == DEFAULT_BASE_URL == "https://api.openai.com/v1"
-    assert settings.admin_key.read() == KEY
-    assert (settings.api_timeout, settings.api_max_retries) == (30, 5)
-    assert (settings.poll_interval, settings.poll_timeout, settings.poll_max_pages) == (300, 300, 10000)
-    assert settings.per_project_metrics is True
+    assert organization.base_url == DEFAULT_BASE_URL == "https://api.openai.com/v1"
+    assert settings.admin_key.read() == organization.admin_key.read() == KEY
+    assert (organization.api_timeout, organization.api_max_retries) == (30, 5)
+    assert (organization.poll_interval, organization.poll_timeout, organization.poll_max_pages) == (300, 300, 10000)
+    assert (organization.poll_concurrency, organization.per_project_metrics) == (1, True)
     assert (settings.log_level, settings.log_format, settings.demo) == ("info", "json", False)
 
 
@@ -64,11 +66,12 @@ def test_every_flag():
         "--api.timeout", "2s", "--api.max-retries", "0", "--poll.interval", "1m", "--poll.timeout", "45s",
         "--poll.max-pages", "7", "--metrics.per-project=false", "--log.level", "DEBUG", "--log.format", "console",
     ], ENV)
+    organization = from_settings(settings)
     assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9999)
-    assert settings.base_url == "http://127.0.0.1:1234/v1"  # no trailing slash to double up
-    assert (settings.api_timeout, settings.api_max_retries) == (2, 0)
-    assert (settings.poll_interval, settings.poll_timeout, settings.poll_max_pages) == (60, 45, 7)
-    assert settings.per_project_metrics is False
+    assert organization.base_url == "http://127.0.0.1:1234/v1"  # no trailing slash to double up
+    assert (organization.api_timeout, organization.api_max_retries) == (2, 0)
+    assert (organization.poll_interval, organization.poll_timeout, organization.poll_max_pages) == (60, 45, 7)
+    assert organization.per_project_metrics is False
     assert (settings.log_level, settings.log_format) == ("debug", "console")
 
 
@@ -80,28 +83,35 @@ def test_every_variable():
         "OPENAI_EXPORTER_POLL_MAX_PAGES": "3", "OPENAI_EXPORTER_METRICS_PER_PROJECT": "false",
         "OPENAI_EXPORTER_LOG_LEVEL": "warning", "OPENAI_EXPORTER_LOG_FORMAT": "console",
     })
-    assert (settings.listen_host, settings.listen_port, settings.base_url) == ("", 1, "http://127.0.0.1:5/v1")
-    assert (settings.api_timeout, settings.api_max_retries) == (3, 2)
-    assert (settings.poll_interval, settings.poll_timeout, settings.poll_max_pages) == (10, 9, 3)
-    assert (settings.per_project_metrics, settings.log_level, settings.log_format) == (False, "warning", "console")
+    organization = from_settings(settings)
+    assert (settings.listen_host, settings.listen_port, organization.base_url) == ("", 1, "http://127.0.0.1:5/v1")
+    assert (organization.api_timeout, organization.api_max_retries) == (3, 2)
+    assert (organization.poll_interval, organization.poll_timeout, organization.poll_max_pages) == (10, 9, 3)
+    assert organization.per_project_metrics is False
+    assert (settings.log_level, settings.log_format) == ("warning", "console")
+
+
+def organization(argv: list[str], env: dict[str, str]):
+    """The flags' single organization, as the CLI builds it without --config.file."""
+    return from_settings(load(argv, env))
 
 
 def test_flag_wins_and_empty_variable_is_unset():
     env = {**ENV, "OPENAI_EXPORTER_POLL_INTERVAL": "10s", "OPENAI_EXPORTER_API_TIMEOUT": ""}
-    assert load(["--poll.interval", "20s"], env).poll_interval == 20
-    assert load([], env).poll_interval == 10
-    assert load([], env).api_timeout == 30
+    assert organization(["--poll.interval", "20s"], env).poll_interval == 20
+    assert organization([], env).poll_interval == 10
+    assert organization([], env).api_timeout == 30
 
 
 def test_poll_timeout_follows_the_interval_unless_given():
-    assert load(["--poll.interval", "42s"], ENV).poll_timeout == 42
-    assert load(["--poll.interval", "42s", "--poll.timeout", "5s"], ENV).poll_timeout == 5
+    assert organization(["--poll.interval", "42s"], ENV).poll_timeout == 42
+    assert organization(["--poll.interval", "42s", "--poll.timeout", "5s"], ENV).poll_timeout == 5
 
 
 def test_bare_boolean_flags_mean_true():
-    assert load(["--metrics.per-project"], ENV).per_project_metrics is True
+    assert organization(["--metrics.per-project"], ENV).per_project_metrics is True
     demo = load(["--demo"], {})
-    assert demo.demo is True and demo.poll_interval == 15
+    assert demo.demo is True and from_settings(demo).poll_interval == 15
 
 
 def test_key_file_is_stripped_and_wins_over_the_variable(tmp_path):
