@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
-from exporter.config import from_settings
+from exporter.config import OrganizationConfig, from_settings, load_config
 from exporter.settings import (
-    DEFAULT_BASE_URL, DEFAULT_PORT, AdminKey, SettingsError, load, parse_bool, parse_duration,
-    parse_listen_address,
+    DEFAULT_BASE_URL, DEFAULT_PORT, PER_ORGANIZATION, SETTINGS, AdminKey, Settings, SettingsError, build_parser,
+    load, parse_bool, parse_duration, parse_listen_address,
 )
 from helpers import KEY
 
@@ -143,3 +147,119 @@ def test_errors_are_one_line(argv, env):
     with pytest.raises(SettingsError) as error:
         load(argv, env)
     assert "\n" not in str(error.value) and str(error.value)
+
+
+# -- the table is the single source ------------------------------------------------------------
+
+
+def test_every_row_is_in_help_with_its_variable_and_default():
+    help_text = " ".join(build_parser().format_help().split())
+    for row in SETTINGS:
+        default = f" (default {row.default})" if row.default is not None else ""
+        assert f"{row.flag} {row.metavar}" in help_text or f"{row.flag} [{row.metavar}]" in help_text
+        assert f"{' '.join(row.help.split())}{default} [env {row.variable}]" in help_text
+    options = {o for action in build_parser()._actions for o in action.option_strings}
+    assert options == {"-h", "--help", "--version"} | {row.flag for row in SETTINGS}
+
+
+def test_variables_are_named_after_the_flags_but_two():
+    renamed = {"api.base-url": "OPENAI_BASE_URL", "api.admin-key-file": "OPENAI_ADMIN_KEY_FILE"}
+    for row in SETTINGS:
+        assert row.variable == renamed.get(row.name, "OPENAI_EXPORTER_" + row.name.upper().replace(".", "_")
+                                           .replace("-", "_"))
+
+
+def test_the_rows_are_the_fields_of_settings_and_organization_config():
+    assert [row.key for row in PER_ORGANIZATION] == [
+        "base_url", "api_timeout", "api_max_retries", "poll_interval", "poll_timeout", "poll_max_pages",
+        "poll_concurrency", "per_project_metrics"]
+    special = {"alias", "admin_key", "state_file", "key_source"}
+    assert {f.name for f in fields(OrganizationConfig)} - special == {row.key for row in PER_ORGANIZATION}
+    assert {f.name for f in fields(Settings)} - {"admin_key", "organization_texts"} == {
+        row.key for row in SETTINGS if not row.per_organization}
+
+
+def write_organization(path: Path, **keys: str) -> Path:
+    # Quoted, so YAML hands each text over exactly as written here.
+    lines = ["organizations:", "  - alias: a", "    admin_key_env: K"]
+    lines += [f"    {key}: {json.dumps(text)}" for key, text in keys.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def file_organization(path: Path, argv: list[str] = (), **keys: str) -> OrganizationConfig:
+    config = write_organization(path, **keys)
+    [configured] = load_config(config, load(["--config.file", str(config), *argv], {}), {"K": KEY})
+    return configured
+
+
+# A value for each per-organization row other than its default, as an operator would write it.
+OTHER_VALUES = {
+    "base_url": "http://127.0.0.1:9/v1/", "api_timeout": "7s", "api_max_retries": "0", "poll_interval": "2m",
+    "poll_timeout": "45s", "poll_max_pages": "3", "poll_concurrency": "4", "per_project_metrics": "off",
+}
+
+
+@pytest.mark.parametrize("row", PER_ORGANIZATION, ids=lambda row: row.key)
+def test_each_config_key_means_what_its_flag_means(tmp_path, row):
+    assert set(OTHER_VALUES) == {r.key for r in PER_ORGANIZATION}  # a new row needs its example here
+    text = OTHER_VALUES[row.key]
+    by_flag = getattr(organization([row.flag, text], ENV), row.key)
+    by_variable = getattr(organization([], {**ENV, row.variable: text}), row.key)
+    by_key = getattr(file_organization(tmp_path / "organizations.yml", **{row.key: text}), row.key)
+    assert by_flag == by_variable == by_key != getattr(organization([], ENV), row.key)
+
+
+def test_an_organization_without_keys_has_the_flags_organization_values(tmp_path):
+    argv = ["--api.base-url", "http://127.0.0.1:9/v1", "--poll.interval", "1m", "--api.max-retries", "2"]
+    flags, configured = organization(argv, ENV), file_organization(tmp_path / "organizations.yml", argv)
+    for row in PER_ORGANIZATION:
+        assert getattr(configured, row.key) == getattr(flags, row.key), row.key
+
+
+def test_poll_timeout_follows_an_organizations_own_interval_unless_a_flag_sets_it(tmp_path):
+    path = tmp_path / "organizations.yml"
+    assert file_organization(path, poll_interval="2m").poll_timeout == 120
+    assert file_organization(path, ["--poll.interval", "1m"], poll_interval="2m").poll_timeout == 120
+    assert file_organization(path, ["--poll.timeout", "1m"], poll_interval="2m").poll_timeout == 60
+    # Set to the interval's value, the flag is still set: the organization keeps it.
+    assert file_organization(path, ["--poll.interval", "1m", "--poll.timeout", "1m"],
+                             poll_interval="2m").poll_timeout == 60
+    assert file_organization(path, poll_interval="2m", poll_timeout="5s").poll_timeout == 5
+
+
+BAD_VALUES = [
+    ("api.base-url", "ftp://example.com"), ("api.base-url", "api.openai.com/v1"),
+    ("api.timeout", "0s"), ("api.timeout", "fast"),
+    ("api.max-retries", "-1"), ("api.max-retries", "1.5"),
+    ("poll.interval", "500ms"), ("poll.interval", "0"), ("poll.interval", "soon"),
+    ("poll.timeout", "0"), ("poll.timeout", "-5s"),
+    ("poll.max-pages", "0"), ("poll.concurrency", "0"), ("poll.concurrency", "many"),
+    ("metrics.per-project", "maybe"),
+]
+
+
+def test_every_per_organization_row_and_check_has_a_bad_value_below():
+    named = {name for name, _ in BAD_VALUES}
+    assert named >= {row.name for row in PER_ORGANIZATION}
+    assert named >= {row.name for row in SETTINGS if row.check is not None}
+
+
+@pytest.mark.parametrize("name, text", BAD_VALUES)
+def test_a_bad_value_has_one_reason_from_a_flag_a_variable_and_a_config_key(tmp_path, name, text):
+    [row] = [r for r in SETTINGS if r.name == name]
+    config = write_organization(tmp_path / "organizations.yml", **{row.key: text})
+    errors = []
+    for attempt in (
+        lambda: load([f"{row.flag}={text}"], ENV),
+        lambda: load([], {**ENV, row.variable: text}),
+        lambda: load(["--config.file", str(config), f"{row.flag}={text}"], {}),  # the flag fails even so
+        lambda: load_config(config, load(["--config.file", str(config)], {}), {"K": KEY}),
+    ):
+        with pytest.raises(SettingsError) as error:
+            attempt()
+        errors.append(str(error.value))
+    by_flag, by_variable, by_flag_with_file, by_key = errors
+    assert by_flag == by_variable == by_flag_with_file
+    assert by_flag.startswith(f"{row.flag}: ")
+    assert by_key == f"--config.file: organization 'a': {row.key}: " + by_flag.removeprefix(f"{row.flag}: ")
