@@ -13,7 +13,8 @@ import structlog
 from prometheus_client import disable_created_metrics
 
 from exporter import __version__, logs
-from exporter.organizations import Fleet, from_settings, load_config
+from exporter.config import from_settings, load_config
+from exporter.organizations import Fleet
 from exporter.scheduler import new_scheduler
 from exporter.selfmetrics import exporter_registry
 from exporter.server import ExporterServer
@@ -68,7 +69,7 @@ def run(settings: Settings) -> int:
     if settings.demo:
         simulator = OrganizationServer(SimulatedOrganization(settings.demo_projects),
                                        settings.admin_key.read()).start()
-        start_churn(simulator.organization, max(1.0, settings.poll_interval / 2), stop)
+        start_churn(simulator.organization, max(1.0, configs[0].poll_interval / 2), stop)
         configs = [replace(configs[0], base_url=simulator.base_url)]
 
     scheduler = new_scheduler()

@@ -1,5 +1,10 @@
 """Command-line flags and environment variables, validated into one frozen Settings.
 
+Every setting is one row of SETTINGS: its flag, its environment variable, its default,
+its parser and its range check, and whether each organization of --config.file may set
+it too (exporter/config.py). The parser, the variables and the config-file keys are all
+read off that table, so a setting is declared once.
+
 Every flag has an environment variable; a flag given on the command line wins, and an
 empty variable counts as unset. Bad input raises SettingsError with a one-line reason,
 which the CLI prints and turns into exit code 2.
@@ -10,19 +15,28 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Generic, NoReturn, TypeVar
 
 from exporter import __version__
 
 DEFAULT_PORT = 9186
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_POLL_INTERVAL = 300.0
 DEMO_POLL_INTERVAL = 15.0
+KEY_ENV = "OPENAI_ADMIN_KEY"
+
+T = TypeVar("T")
 
 
 class SettingsError(Exception):
     """A bad flag, variable or key file; the message is one line for the operator."""
 
+
+# -- parsers: text to value, or ValueError with the reason --------------------------------------
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,6 +77,171 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return text.lower()
+    return parse
+
+
+def _base_url(text: str) -> str:
+    if not re.match(r"https?://[^/\s]+", text):
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    return text.rstrip("/")  # paths are appended to it; a trailing slash would double up
+
+
+def _path(text: str) -> Path | None:
+    return Path(text) if text else None  # an empty flag value names no file, as an empty variable does
+
+
+# -- range checks: a reason to refuse a parsed value, or None ------------------------------------
+# They get the text as written as well, so a refusal can quote what the operator wrote.
+
+
+def _at_least(minimum: float, shown: str) -> Callable[[float, str], str | None]:
+    def check(value: float, text: str) -> str | None:
+        return f"{text!r} is below the minimum of {shown}" if value < minimum else None
+    return check
+
+
+def _above_zero(value: float, text: str) -> str | None:
+    return "must be above zero" if value <= 0 else None
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting, declared once: flag, variable, default, parser, check, config-file key."""
+
+    name: str  # the flag without its dashes: `poll.interval`
+    key: str  # the field of Settings, or with per_organization of OrganizationConfig and the config-file key
+    parse: Callable[[str], T]  # text to value; ValueError says why not
+    help: str
+    metavar: str
+    default: str | None = None  # as an operator would write it; --help shows it
+    # A default that depends on other settings; it reads their values, and its help says it.
+    derive: Callable[[Mapping[str, Any]], T] | None = None
+    check: Callable[[T, str], str | None] | None = None  # the range, for a flag, a variable and a config key alike
+    per_organization: bool = False  # each organization of --config.file may set it under `key`
+    env: str = ""  # the variable, when it is not OPENAI_EXPORTER_ and the flag
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+    @property
+    def variable(self) -> str:
+        return self.env or "OPENAI_EXPORTER_" + re.sub(r"[.-]", "_", self.name.upper())
+
+    def value(self, text: str, where: str) -> T:
+        """`text` parsed and checked; otherwise SettingsError, `where` naming the flag or config key."""
+        try:
+            value = self.parse(text)
+        except ValueError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+        reason = self.check(value, text) if self.check is not None else None
+        if reason:
+            raise SettingsError(f"{where}: {reason}")
+        return value
+
+
+def _poll_interval_default(values: Mapping[str, Any]) -> float:
+    return DEMO_POLL_INTERVAL if values["demo"] else DEFAULT_POLL_INTERVAL  # the simulator churns fast
+
+
+def _poll_timeout_default(values: Mapping[str, Any]) -> float:
+    # A poll may use its whole interval; a config-file organization's own interval, when it sets one.
+    return float(values["poll_interval"])
+
+
+SETTINGS: tuple[Setting[Any], ...] = (
+    Setting("web.listen-address", "listen_address", parse_listen_address,
+            "address for /metrics, /healthz, /readyz and /", "HOST:PORT", default=f":{DEFAULT_PORT}"),
+    Setting("config.file", "config_file", _path,
+            "YAML list of organizations to serve on /probe?organization=ALIAS (several organizations)", "PATH"),
+    Setting("config.check", "config_check", parse_bool,
+            "check --config.file, print the verdict and exit (0 good, 2 bad)", "BOOL", default="false"),
+    Setting("web.config.file", "web_config_file", _path,
+            "exporter-toolkit web config (YAML) for TLS and basic auth", "PATH"),
+    Setting("api.base-url", "base_url", _base_url, "OpenAI API base URL", "URL",
+            default=DEFAULT_BASE_URL, per_organization=True, env="OPENAI_BASE_URL"),
+    # Not per organization: each organization of --config.file names its key its own way (config.py).
+    Setting("api.admin-key-file", "admin_key_file", _path,
+            "file holding the Admin API key, read again before each poll; "
+            f"otherwise the key itself comes from {KEY_ENV}", "PATH", env="OPENAI_ADMIN_KEY_FILE"),
+    Setting("api.timeout", "api_timeout", parse_duration, "timeout of one upstream request", "DURATION",
+            default="30s", check=_above_zero, per_organization=True),
+    Setting("api.max-retries", "api_max_retries", _non_negative_int,
+            "retries per page on 429, 5xx, timeouts and connection errors", "N",
+            default="5", per_organization=True),
+    Setting("poll.interval", "poll_interval", parse_duration,
+            f"time between polls, at least 1s (default 5m; {DEMO_POLL_INTERVAL:g}s with --demo)", "DURATION",
+            derive=_poll_interval_default, check=_at_least(1, "1s"), per_organization=True),
+    Setting("poll.timeout", "poll_timeout", parse_duration,
+            "deadline of one whole poll (default: the poll interval)", "DURATION",
+            derive=_poll_timeout_default, check=_above_zero, per_organization=True),
+    Setting("poll.max-pages", "poll_max_pages", _positive_int,
+            "fail a poll that needs more pages than this (guards against cursor loops)", "N",
+            default="10000", per_organization=True),
+    Setting("poll.concurrency", "poll_concurrency", _positive_int,
+            "parallel cursor chains per poll, seeded from the previous snapshot", "N",
+            default="1", per_organization=True),
+    Setting("metrics.per-project", "per_project_metrics", parse_bool,
+            "expose per-project series (_info, _created_, _archived_)", "BOOL",
+            default="true", per_organization=True),
+    Setting("state.file", "state_file", _path,
+            "keep the last good snapshot here, to serve it at once after a restart", "PATH"),
+    Setting("log.level", "log_level", _choice("debug", "info", "warning", "error"),
+            "debug, info, warning or error", "LEVEL", default="info"),
+    Setting("log.format", "log_format", _choice("json", "console"), "json or console", "FORMAT", default="json"),
+    Setting("demo", "demo", parse_bool,
+            "poll a simulated organization on loopback; needs no key and no network", "BOOL", default="false"),
+    Setting("demo.projects", "demo_projects", _positive_int,
+            "projects in the simulated organization", "N", default="300"),
+)
+PER_ORGANIZATION: tuple[Setting[Any], ...] = tuple(row for row in SETTINGS if row.per_organization)
+
+
+def resolve(rows: Iterable[Setting[Any]], texts: Mapping[str, str], where: Callable[[Setting[Any]], str],
+            known: Mapping[str, Any]) -> dict[str, Any]:
+    """The value of each row by key: its text parsed and checked, else its default.
+
+    `texts` holds what was given, by key. Derived defaults come last, in table order, so
+    they may read any plain value, a derived one above them, or one in `known` (values
+    resolved elsewhere, as the flags' for a config-file organization).
+    """
+    values = dict(known)
+    for row in sorted(rows, key=lambda row: row.derive is not None):  # stable: table order otherwise
+        text = texts.get(row.key)
+        if text is not None:
+            values[row.key] = row.value(text, where(row))
+        elif row.derive is not None:
+            values[row.key] = row.derive(values)  # from values already checked
+        elif row.default is not None:
+            values[row.key] = row.value(row.default, where(row))
+        else:
+            values[row.key] = None
+    return values
+
+
+# -- the admin key -------------------------------------------------------------------------------
+
+
 def _checked(key: str, what: str) -> str:
     """A key fit for an HTTP header; anything else would be quoted back in an HTTP library's error."""
     if not re.fullmatch(r"[\x21-\x7e]+", key):
@@ -77,7 +256,7 @@ class AdminKey:
     The key never appears in repr() or str(), so it cannot leak through a log line.
     """
 
-    def __init__(self, *, value: str | None = None, path: Path | None = None):
+    def __init__(self, *, value: str | None = None, path: Path | None = None) -> None:
         self._value = value
         self.path = path
 
@@ -102,82 +281,42 @@ class AdminKey:
     __str__ = __repr__
 
 
+# -- Settings ------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Settings:
-    listen_host: str
-    listen_port: int
-    base_url: str
-    admin_key: AdminKey | None  # None with --config.file, where each organization names its own
-    api_timeout: float
-    api_max_retries: int
-    poll_interval: float
-    poll_timeout: float
-    poll_max_pages: int
-    poll_concurrency: int
-    per_project_metrics: bool
+    """The process-wide settings, one field per row that is not per organization.
+
+    The per-organization rows stay as the texts the flags and variables gave: the flags'
+    single organization and each organization of --config.file are built from them by
+    exporter/config.py, the same way.
+    """
+
+    listen_address: tuple[str, int]
+    config_file: Path | None
+    config_check: bool
+    web_config_file: Path | None
+    admin_key_file: Path | None
+    state_file: Path | None
     log_level: str
     log_format: str
     demo: bool
     demo_projects: int
-    web_config_file: Path | None = None
-    state_file: Path | None = None
-    config_file: Path | None = None
-    config_check: bool = False
+    admin_key: AdminKey | None  # None with --config.file, where each organization names its own
+    organization_texts: Mapping[str, str]  # per-organization rows given by a flag or variable, by key
 
+    @property
+    def listen_host(self) -> str:
+        return self.listen_address[0]
 
-@dataclass(frozen=True)
-class _Flag:
-    name: str
-    env: str
-    help: str
-    default: str | None = None
-    metavar: str | None = None
-
-
-def _env_name(flag: str) -> str:
-    return "OPENAI_EXPORTER_" + flag.upper().replace(".", "_").replace("-", "_")
-
-
-_FLAGS = [
-    _Flag("web.listen-address", _env_name("web.listen-address"),
-          "address for /metrics, /healthz, /readyz and /", f":{DEFAULT_PORT}", "HOST:PORT"),
-    _Flag("config.file", _env_name("config.file"),
-          "YAML list of organizations to serve on /probe?organization=ALIAS (several organizations)",
-          None, "PATH"),
-    _Flag("config.check", _env_name("config.check"),
-          "check --config.file, print the verdict and exit (0 good, 2 bad)", "false", "BOOL"),
-    _Flag("web.config.file", _env_name("web.config.file"),
-          "exporter-toolkit web config (YAML) for TLS and basic auth", None, "PATH"),
-    _Flag("api.base-url", "OPENAI_BASE_URL", "OpenAI API base URL", DEFAULT_BASE_URL, "URL"),
-    _Flag("api.admin-key-file", "OPENAI_ADMIN_KEY_FILE",
-          "file holding the Admin API key, read again before each poll; "
-          "otherwise the key itself comes from OPENAI_ADMIN_KEY", None, "PATH"),
-    _Flag("api.timeout", _env_name("api.timeout"), "timeout of one upstream request", "30s", "DURATION"),
-    _Flag("api.max-retries", _env_name("api.max-retries"),
-          "retries per page on 429, 5xx, timeouts and connection errors", "5", "N"),
-    _Flag("poll.interval", _env_name("poll.interval"),
-          f"time between polls, at least 1s (default 5m; {DEMO_POLL_INTERVAL:g}s with --demo)", None, "DURATION"),
-    _Flag("poll.timeout", _env_name("poll.timeout"),
-          "deadline of one whole poll (default: the poll interval)", None, "DURATION"),
-    _Flag("poll.max-pages", _env_name("poll.max-pages"),
-          "fail a poll that needs more pages than this (guards against cursor loops)", "10000", "N"),
-    _Flag("poll.concurrency", _env_name("poll.concurrency"),
-          "parallel cursor chains per poll, seeded from the previous snapshot", "1", "N"),
-    _Flag("metrics.per-project", _env_name("metrics.per-project"),
-          "expose per-project series (_info, _created_, _archived_)", "true", "BOOL"),
-    _Flag("state.file", _env_name("state.file"),
-          "keep the last good snapshot here, to serve it at once after a restart", None, "PATH"),
-    _Flag("log.level", _env_name("log.level"), "debug, info, warning or error", "info", "LEVEL"),
-    _Flag("log.format", _env_name("log.format"), "json or console", "json", "FORMAT"),
-    _Flag("demo", _env_name("demo"),
-          "poll a simulated organization on loopback; needs no key and no network", "false", "BOOL"),
-    _Flag("demo.projects", _env_name("demo.projects"), "projects in the simulated organization", "300", "N"),
-]
-KEY_ENV = "OPENAI_ADMIN_KEY"
+    @property
+    def listen_port(self) -> int:
+        return self.listen_address[1]
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, not argparse's usage block
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, not argparse's usage block
         raise SettingsError(message)
 
 
@@ -189,117 +328,58 @@ def build_parser() -> argparse.ArgumentParser:
         "An empty environment variable counts as unset.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for flag in _FLAGS:
-        default = f" (default {flag.default})" if flag.default is not None else ""
-        kwargs = {"nargs": "?", "const": "true"} if flag.metavar == "BOOL" else {}
+    for row in SETTINGS:
+        default = f" (default {row.default})" if row.default is not None else ""
+        # A bare boolean flag means true: `--demo` as well as `--demo=false`.
+        optional: dict[str, Any] = {"nargs": "?", "const": "true"} if row.parse is parse_bool else {}
         parser.add_argument(
-            f"--{flag.name}", dest=flag.name, metavar=flag.metavar, default=None,
-            help=f"{flag.help}{default} [env {flag.env}]", **kwargs,
+            row.flag, dest=row.key, metavar=row.metavar, default=None,
+            help=f"{row.help}{default} [env {row.variable}]", **optional,
         )
     return parser
 
 
-def _raw_values(argv: list[str] | None, environ: dict[str, str]) -> dict[str, str | None]:
+def _given(argv: list[str] | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The text of each row given by its flag or, failing that, by its non-empty variable."""
     args = vars(build_parser().parse_args(argv))
-    values = {}
-    for flag in _FLAGS:
-        value = args[flag.name]
-        if value is None:
-            value = environ.get(flag.env) or None
-        values[flag.name] = value if value is not None else flag.default
-    return values
+    texts: dict[str, str] = {}
+    for row in SETTINGS:
+        text = args[row.key]
+        if text is None:
+            text = environ.get(row.variable) or None
+        if text is not None:
+            texts[row.key] = text
+    return texts
 
 
-def _convert(name: str, text: str | None, parse):
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise SettingsError(f"--{name}: {exc}") from None
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"not a positive whole number: {text!r}")
-    return int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError(f"not a whole number: {text!r}")
-    return int(text)
-
-
-def _choice(*options: str):
-    def parse(text: str) -> str:
-        if text.lower() not in options:
-            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
-        return text.lower()
-    return parse
-
-
-def _base_url(text: str) -> str:
-    if not re.match(r"https?://[^/\s]+", text):
-        raise ValueError(f"not an http(s) URL: {text!r}")
-    return text.rstrip("/")
-
-
-def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
-    raw = _raw_values(argv, environ)
-    demo = _convert("demo", raw["demo"], parse_bool)
-    if raw["config.file"] and demo:
+    texts = _given(argv, environ)
+    # Every row, the per-organization ones too: a bad flag fails at start under its own name,
+    # even when --config.file organizations set the same key.
+    values = resolve(SETTINGS, texts, lambda row: row.flag, {})
+    if values["config_file"] and values["demo"]:
         raise SettingsError("--demo and --config.file exclude each other")
-    if raw["config.file"] and raw["state.file"]:
+    if values["config_file"] and values["state_file"]:
         raise SettingsError("--state.file keeps the single organization of the flags; it cannot go with --config.file")
-    if _convert("config.check", raw["config.check"], parse_bool) and not raw["config.file"]:
+    if values["config_check"] and not values["config_file"]:
         raise SettingsError("--config.check needs --config.file")
 
-    interval_text = raw["poll.interval"] or (f"{DEMO_POLL_INTERVAL}s" if demo else "5m")
-    poll_interval = _convert("poll.interval", interval_text, parse_duration)
-    if poll_interval < 1:
-        raise SettingsError(f"--poll.interval: {interval_text!r} is below the minimum of 1s")
-    poll_timeout = poll_interval
-    if raw["poll.timeout"] is not None:
-        poll_timeout = _convert("poll.timeout", raw["poll.timeout"], parse_duration)
-        if poll_timeout <= 0:
-            raise SettingsError("--poll.timeout: must be above zero")
-    api_timeout = _convert("api.timeout", raw["api.timeout"], parse_duration)
-    if api_timeout <= 0:
-        raise SettingsError("--api.timeout: must be above zero")
-    host, port = _convert("web.listen-address", raw["web.listen-address"], parse_listen_address)
-
-    if demo:
+    admin_key: AdminKey | None
+    if values["demo"]:
         admin_key = AdminKey(value="sk-admin-demo")
-    elif raw["api.admin-key-file"]:
-        admin_key = AdminKey(path=Path(raw["api.admin-key-file"]))
+    elif values["admin_key_file"]:
+        admin_key = AdminKey(path=values["admin_key_file"])
         admin_key.read()  # fail at start, not at the first poll
     elif environ.get(KEY_ENV, "").strip():
         admin_key = AdminKey(value=environ[KEY_ENV].strip())
-    elif raw["config.file"]:
+    elif values["config_file"]:
         admin_key = None
     else:
-        raise SettingsError(
-            f"no admin key: set {KEY_ENV} or --api.admin-key-file (or run with --demo)"
-        )
+        raise SettingsError(f"no admin key: set {KEY_ENV} or --api.admin-key-file (or run with --demo)")
 
     return Settings(
-        listen_host=host,
-        listen_port=port,
-        base_url=_convert("api.base-url", raw["api.base-url"], _base_url),
+        **{row.key: values[row.key] for row in SETTINGS if not row.per_organization},
         admin_key=admin_key,
-        api_timeout=api_timeout,
-        api_max_retries=_convert("api.max-retries", raw["api.max-retries"], _non_negative_int),
-        poll_interval=poll_interval,
-        poll_timeout=poll_timeout,
-        poll_max_pages=_convert("poll.max-pages", raw["poll.max-pages"], _positive_int),
-        poll_concurrency=_convert("poll.concurrency", raw["poll.concurrency"], _positive_int),
-        per_project_metrics=_convert("metrics.per-project", raw["metrics.per-project"], parse_bool),
-        log_level=_convert("log.level", raw["log.level"], _choice("debug", "info", "warning", "error")),
-        log_format=_convert("log.format", raw["log.format"], _choice("json", "console")),
-        demo=demo,
-        demo_projects=_convert("demo.projects", raw["demo.projects"], _positive_int),
-        web_config_file=Path(raw["web.config.file"]) if raw["web.config.file"] else None,
-        state_file=Path(raw["state.file"]) if raw["state.file"] else None,
-        config_file=Path(raw["config.file"]) if raw["config.file"] else None,
-        config_check=_convert("config.check", raw["config.check"], parse_bool),
+        organization_texts=MappingProxyType({row.key: texts[row.key] for row in PER_ORGANIZATION if row.key in texts}),
     )

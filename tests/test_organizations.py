@@ -288,7 +288,7 @@ BAD_CONFIGS = {
     "bad-interval": ("organizations:\n  - {alias: a, admin_key_env: K, poll_interval: soon}\n",
                      "poll_interval: not a duration"),
     "interval-too-short": ("organizations:\n  - {alias: a, admin_key_env: K, poll_interval: 100ms}\n",
-                           "poll_interval at least 1s"),
+                           "poll_interval: '100ms' is below the minimum of 1s"),
 }
 
 
