@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         return _fail(str(exc))
     logs.configure(settings.log_level, settings.log_format)
-    # `_created` series for every counter would double the exporter's own output and say
+    # A `_created` series beside every counter would add to the exporter's own output and say
     # nothing here; prometheus_client only offers this switch for the whole process.
     disable_created_metrics()
     # A scrape thread that gives up the GIL for a system call waits up to one switch

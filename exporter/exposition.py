@@ -174,7 +174,7 @@ class Exposition:
 
     The rendered bytes sit in a few large buffers, plain and deflated: the counts, then one
     per per-project family. The kernel sends a few large buffers for less CPU than the same
-    bytes in hundreds of pieces (see the README's Performance section).
+    bytes in hundreds of pieces.
     """
 
     def __init__(self, snapshot: Snapshot | None, raw: Sequence[Buffer] = (), deflated: Sequence[Buffer] = (),

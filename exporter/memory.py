@@ -22,7 +22,7 @@ def release_free_memory() -> None:
     """Return the heap memory that a poll freed to the system.
 
     glibc keeps freed heap memory for reuse, so without this the resident size of a large
-    organization climbs poll after poll to about twice the live data, though nothing leaks.
+    organization climbs poll after poll well above the live data, though nothing leaks.
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

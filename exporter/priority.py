@@ -5,9 +5,9 @@ interpreter: while a poll is busy on a fast upstream, a scrape waits for the GIL
 its steps, and the kernel's copy of its body between two processes slows as soon as
 anything else runs on a small machine. Priority alone does not cure that last part:
 `python bench/contention.py` shows a busy loop beside a static server slowing its gzip
-scrapes by a quarter to two thirds at every priority, nice 0, 10 or 19 or SCHED_IDLE.
-What works is for the poll to stop: at each page boundary it checks whether a scrape is in flight and, if so,
-waits until the scrape has been written (milliseconds). The waits are bounded per page and
+scrapes at every priority, nice 0, 10 or 19 or SCHED_IDLE. What works is for the poll to
+stop: at each page boundary it checks whether a scrape is in flight and, if so, waits
+until the scrape has been written (milliseconds). The waits are bounded per page and
 per poll, so a storm of back-to-back scrapes makes a poll at most PAUSE_RATIO + 1 times
 longer, and never stops it. The poll's threads also run at a lower niceness, so that on a
 machine busy with other work the CPU goes to scrapes first.
@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-LONGEST_PAUSE = 0.05  # seconds at one page boundary; a 26 MB scrape is written in about 10 ms
+LONGEST_PAUSE = 0.05  # seconds at one page boundary; long enough for even a large scrape to be written
 PAUSE_RATIO = 3.0  # a poll pauses at most three times as long as it has run
 POLL_NICENESS = 10
 

@@ -52,8 +52,8 @@ class Snapshot:
 
         Keeping the old, equal objects lets the new, just-parsed copies die young, so the
         long-lived data stays where it was allocated instead of spreading over memory that
-        the page parsing fragmented: at 100,000 projects, tens of MiB of resident size. The
-        renderer's cache then also compares by identity.
+        the page parsing fragmented, which for a large organization shows in the resident
+        size. The renderer's cache then also compares by identity.
         """
         if previous is None:
             return cls({p.id: p for p in projects}, completed_at, pages, duration)
