@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import structlog
 
@@ -31,6 +32,14 @@ from exporter.upstream import PAGE_SIZE, FetchResult, PollContext, ProjectsClien
 
 log = structlog.get_logger("exporter.chains")
 MIN_PAGES_PER_CHAIN = 4  # below this, the chains' extra first pages cost more than they save
+
+
+class _Chains(NamedTuple):
+    """The chains of one poll, by number k: chain 0 starts at the top, chain k > 0 after its anchor."""
+
+    starts: list[str | None]  # the cursor each chain starts after
+    anchors: dict[str, int]  # anchor id -> the number of the chain that starts after it
+    results: list[Walk | None]  # None: the chain gave up, its anchor refused (ProjectsClient.walk_chain)
 
 
 def worth_chaining(previous_count: int, concurrency: int) -> bool:
@@ -57,14 +66,15 @@ def fetch_projects(client: ProjectsClient, deadline: float,
     return FetchResult(projects, poll.pages, poll.scrapes_first.paused)
 
 
-def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequence[str]):
+def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequence[str]) -> _Chains:
     """Walk every chain in its own daemon thread; the first failure fails the poll."""
     count = client.concurrency
     # Each anchor ends a page of a walk from the top, so the chains ask for the very pages a
     # sequential poll asks for, and unchanged ones are recognised and reused (ProjectsClient._page).
-    starts = [None] + [previous_ids[(k * len(previous_ids) // count) // PAGE_SIZE * PAGE_SIZE - 1]
-                       for k in range(1, count)]
-    anchors = {anchor: k for k, anchor in enumerate(starts) if k > 0}
+    anchor_ids = [previous_ids[(k * len(previous_ids) // count) // PAGE_SIZE * PAGE_SIZE - 1]
+                  for k in range(1, count)]
+    starts: list[str | None] = [None, *anchor_ids]
+    anchors = {anchor: k for k, anchor in enumerate(anchor_ids, start=1)}
     results: list[Walk | None] = [None] * count
     errors: list[BaseException] = []
 
@@ -72,7 +82,7 @@ def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequenc
         lower_thread_priority()
         later = {anchor: mark for anchor, mark in anchors.items() if mark > k}
         try:
-            results[k] = client.walk(starts[k], poll, later, tolerate_unknown_cursor=k > 0)
+            results[k] = client.walk_chain(starts[k], poll, later, tolerate_unknown_cursor=k > 0)
         except BaseException as exc:  # noqa: BLE001 - handed to the poll thread below
             errors.append(exc)
             poll.failed.set()
@@ -86,10 +96,11 @@ def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequenc
         thread.join()
     if errors:
         raise errors[0]
-    return starts, anchors, results
+    # No chain failed: a chain that gave up (a None result) had its anchor refused.
+    return _Chains(starts, anchors, results)
 
 
-def _stitch(client: ProjectsClient, poll: PollContext, chains) -> list[Project] | None:
+def _stitch(client: ProjectsClient, poll: PollContext, chains: _Chains) -> list[Project] | None:
     starts, anchors, results = chains
     projects: list[Project] = []
     mark = 0

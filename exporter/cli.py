@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load(argv)
         if settings.config_check:
+            assert settings.config_file is not None, "load() refuses --config.check without --config.file"
             organizations = load_config(settings.config_file, settings)
-            print(f"{settings.config_file}: good, {len(organizations)} organizations: "
-                  + ", ".join(o.alias for o in organizations))
+            # Every organization of a config file has an alias; only the flags' own has none.
+            aliases = [o.alias for o in organizations if o.alias is not None]
+            print(f"{settings.config_file}: good, {len(organizations)} organizations: " + ", ".join(aliases))
             return 0
     except SettingsError as exc:
         return _fail(str(exc))
@@ -67,8 +69,10 @@ def run(settings: Settings) -> int:
     except SettingsError as exc:
         return _fail(str(exc))
     if settings.demo:
+        # The flags' single organization (--demo excludes --config.file): the simulator takes
+        # the key it polls with.
         simulator = OrganizationServer(SimulatedOrganization(settings.demo_projects),
-                                       settings.admin_key.read()).start()
+                                       configs[0].admin_key.read()).start()
         start_churn(simulator.organization, max(1.0, configs[0].poll_interval / 2), stop)
         configs = [replace(configs[0], base_url=simulator.base_url)]
 

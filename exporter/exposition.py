@@ -14,7 +14,7 @@ Sample of the snapshot block:
     openai_projects{status="archived"} 29
     # HELP openai_project_info Project metadata, from the last successful background poll; always 1.
     # TYPE openai_project_info gauge
-    openai_project_info{project_id="proj_abc",name="Search",status="active",external_key_id="",residency="US_STORAGE_PROCESSING"} 1
+    openai_project_info{project_id="proj_abc",name="Search",status="active",external_key_id="",residency=""} 1
     # HELP openai_project_created_timestamp_seconds ...
     openai_project_created_timestamp_seconds{project_id="proj_abc"} 1711471533
 """
@@ -29,7 +29,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple, TypeAlias
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
@@ -39,7 +39,7 @@ from prometheus_client.utils import floatToGoString
 from exporter.snapshot import ACTIVE, ARCHIVED, Project, Snapshot
 
 # Rendered bytes, or a read-only view into a larger rendered buffer (see SnapshotRenderer).
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 AGE_BUCKETS = tuple(days * 86400.0 for days in (1, 7, 30, 90, 180, 365, 730))
 GZIP_LEVEL = 6  # zlib's default: only changed runs of projects are compressed again at each poll
@@ -98,6 +98,9 @@ def created_line(project: Project) -> bytes:
 
 
 def archived_line(project: Project) -> bytes:
+    """The archive time's line; nothing for a project that was never archived."""
+    if project.archived_at is None:
+        return b""
     return (
         f'openai_project_archived_timestamp_seconds{{project_id="{escape_label_value(project.id)}"}} '
         f"{format_value(project.archived_at)}\n"
@@ -112,7 +115,7 @@ class AgeIndex:
     created_sum: dict[str, float]
 
     @classmethod
-    def build(cls, projects: Iterable[Project]) -> "AgeIndex":
+    def build(cls, projects: Iterable[Project]) -> AgeIndex:
         by_status: dict[str, list[float]] = {ACTIVE: [], ARCHIVED: []}
         for project in projects:
             by_status.setdefault(project.status, []).append(project.created_at)
@@ -145,7 +148,7 @@ class Piece(NamedTuple):
     deflated: Buffer
 
     @classmethod
-    def of(cls, raw: bytes) -> "Piece":
+    def of(cls, raw: bytes) -> Piece:
         return cls(raw, deflate(raw))
 
 
@@ -189,7 +192,7 @@ class Exposition:
             size += len(part)
         self._crc, self._size = crc, size
 
-    def republish(self, snapshot: Snapshot) -> "Exposition":
+    def republish(self, snapshot: Snapshot) -> Exposition:
         """The same bytes for a newer snapshot of the very same projects."""
         again = copy.copy(self)
         again.snapshot = snapshot
@@ -234,7 +237,8 @@ class SnapshotRenderer:
 
     def __init__(self, per_project: bool):
         self.per_project = per_project
-        self._chunks: dict[tuple[Project, ...], tuple[Piece, Piece, Piece]] = {}
+        # Per run of projects, one Piece per per-project family (_FAMILY_HEADERS' order).
+        self._chunks: dict[tuple[Project, ...], Sequence[Piece]] = {}
         self._last: Exposition | None = None
 
     def render(self, snapshot: Snapshot) -> Exposition:
@@ -253,7 +257,7 @@ class SnapshotRenderer:
             for start in range(0, len(projects), CHUNK_PROJECTS):
                 key = tuple(projects[start:start + CHUNK_PROJECTS])
                 spans = []
-                for (plain, packed), piece in zip(families, previous.get(key) or _render_chunk(key)):
+                for (plain, packed), piece in zip(families, previous.get(key) or _render_chunk(key), strict=True):
                     spans.append((len(plain), len(piece.raw), len(packed), len(piece.deflated)))
                     plain += piece.raw
                     packed += piece.deflated

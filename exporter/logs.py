@@ -11,6 +11,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 # A tuple swapped whole, so a log line on another thread never iterates a set that grows.
 _secrets: tuple[str, ...] = ()
@@ -32,7 +33,7 @@ def scrub(text: str) -> str:
     return text
 
 
-def redact(_, __, event_dict: dict) -> dict:
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     if not _secrets:
         return event_dict
     for key, value in event_dict.items():
@@ -47,7 +48,7 @@ def redact(_, __, event_dict: dict) -> dict:
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -18,7 +18,7 @@ exporter's own metrics, with poll health labelled `organization`.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -119,7 +119,7 @@ class Fleet:
         self.organizations[config.alias] = organization
         self.scheduler.add_job(organization.poll, "interval", seconds=config.poll_interval,
                                id=organization.job_id, name=organization.job_id,
-                               next_run_time=datetime.now(timezone.utc))
+                               next_run_time=datetime.now(UTC))
         if self.multi:
             log.info("organization_added", organization=config.alias, base_url=config.base_url,
                      poll_interval=config.poll_interval)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 LONGEST_PAUSE = 0.05  # seconds at one page boundary; long enough for even a large scrape to be written
 PAUSE_RATIO = 3.0  # a poll pauses at most three times as long as it has run

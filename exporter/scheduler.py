@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor, run_job
@@ -37,5 +37,5 @@ def new_scheduler() -> BackgroundScheduler:
     return BackgroundScheduler(
         executors={"default": DaemonThreadExecutor()},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        timezone=timezone.utc,
+        timezone=UTC,
     )

@@ -7,10 +7,11 @@ projects' own series come from the poll's cached exposition.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -53,14 +54,6 @@ class HealthMetrics:
                                 org + ["code"], registry=registry)
 
 
-class Child(Protocol):
-    """What a poll records into: a metric child, or nothing once its organization is gone."""
-
-    def inc(self, amount: float = 1) -> None: ...
-
-    def set(self, value: float) -> None: ...
-
-
 class _Discard:
     """Takes the calls of a metric child and does nothing with them."""
 
@@ -72,6 +65,8 @@ class _Discard:
 
 
 _DISCARD = _Discard()
+# A Gauge or a Counter; its labels() is of the same type, so a child keeps inc() or set().
+Metric = TypeVar("Metric", bound=MetricWrapperBase)
 
 
 def _remove(metric: Gauge | Counter, labels: Sequence[str]) -> None:
@@ -106,14 +101,15 @@ class OrganizationMetrics:
                                ["change"], registry=project_registry)
         for kind in CHANGE_KINDS:
             self.changes.labels(kind)
-        project_registry.register(AgeHistogram(current_exposition))  # type: ignore[arg-type]
+        project_registry.register(AgeHistogram(current_exposition))
 
-    def _labelled(self, metric: Gauge | Counter, *labels: str) -> Gauge | Counter:
+    def _labelled(self, metric: Metric, *labels: str) -> Metric:
         return metric.labels(*self._org, *labels) if self._org or labels else metric
 
-    def _child(self, metric: Gauge | Counter, *labels: str) -> Child:
+    def _child(self, metric: Metric, *labels: str) -> Metric | _Discard:
+        """What a poll records into: the metric's child, or nothing once the organization is gone."""
         # After forget(), a poll still finishing must not bring the series back.
-        return _DISCARD if self._forgotten else self._labelled(metric, *labels)  # type: ignore[return-value]
+        return _DISCARD if self._forgotten else self._labelled(metric, *labels)
 
     def record_response(self, code: int) -> None:
         self._codes.add(str(code))

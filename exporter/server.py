@@ -13,9 +13,9 @@ import ssl
 import struct
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import structlog
@@ -82,7 +82,7 @@ class ExporterServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow scraper never holds up shutdown
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, fleet: "Fleet", healthy: Callable[[], bool],
+    def __init__(self, host: str, port: int, fleet: Fleet, healthy: Callable[[], bool],
                  web_config: WebConfigWatcher | None = None):
         self.fleet = fleet
         self.healthy = healthy
@@ -94,7 +94,7 @@ class ExporterServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
-    def server_bind(self):
+    def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
             # Listen on IPv4 too when bound to "::", as Go exporters do for ":PORT".
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -104,12 +104,12 @@ class ExporterServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         # A scraper that hangs up mid-body is routine, not a traceback on stderr.
         exc = sys.exc_info()[1]
         log.debug("http_connection_error", client=client_address[0], error=f"{type(exc).__name__}: {exc}"[:200])
 
-    def get_request(self):
+    def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
         tls = self.web_config.current().tls if self.web_config else None
         if tls is not None:
@@ -118,7 +118,7 @@ class ExporterServer(ThreadingHTTPServer):
             sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
 
-    def finish_request(self, request, client_address):
+    def finish_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
             request.settimeout(HANDSHAKE_TIMEOUT)
             try:
@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body leave in separate writes; no 40 ms delayed-ACK stall
     timeout = None  # see setup(): the kernel times the socket out, not Python
 
-    def setup(self):
+    def setup(self) -> None:
         # A Python-level socket timeout turns one big send into a loop of partial sends, each
         # retaking the GIL, which during a poll costs a switch interval apiece. A blocking
         # socket with kernel timeouts sends the body in one call and still frees the thread
@@ -147,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
     server_version = f"openai-projects-exporter/{__version__}"
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path != "/healthz" and not self._authorized():  # liveness probes carry no credentials
             self._send(401, "text/plain; charset=utf-8", [b"unauthorized\n"], {"WWW-Authenticate": REALM})
@@ -167,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._text(404, "not found; try /metrics\n")
 
-    def do_HEAD(self):
+    def do_HEAD(self) -> None:
         self.do_GET()
 
     def _authorized(self) -> bool:
@@ -176,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return watcher.authorized(watcher.current(), self.headers.get("Authorization"))
 
-    def _probe(self, alias: str):
+    def _probe(self, alias: str) -> None:
         fleet = self.server.fleet
         if not fleet.multi:
             self._text(400, "/probe serves the organizations of --config.file; this exporter has one: see /metrics\n")
@@ -195,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             chunks, content_type = tail.scrape(exposition, self.headers.get("Accept"), gzip)
             self._send(200, content_type, chunks, {"Content-Encoding": "gzip"} if gzip else {})
 
-    def _readyz(self):
+    def _readyz(self) -> None:
         fleet = self.server.fleet
         if not fleet.multi:
             ready = fleet.ready
@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
                  for alias, o in sorted(fleet.organizations.items())]
         self._text(200 if fleet.ready else 503, "\n".join(lines) + "\n")
 
-    def _text(self, status: int, text: str):
+    def _text(self, status: int, text: str) -> None:
         self._send(status, "text/plain; charset=utf-8", [text.encode()])
 
     def _send(self, status: int, content_type: str, chunks: Sequence[Buffer],
@@ -253,5 +253,5 @@ class _Handler(BaseHTTPRequestHandler):
             '<li><a href="/readyz">/readyz</a></li></ul></body></html>\n'
         )
 
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.debug("http_request", client=self.client_address[0], request=format % args)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import socket
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 RESIDENCIES = ("GLOBAL", "US_STORAGE_PROCESSING", "EU_STORAGE_PROCESSING", "JP_STORAGE")
@@ -28,6 +30,8 @@ _WORDS = ("Search", "Support", "Billing", "Fraud", "Recs", "Docs", "Chat", "Visi
           "Ledger", "Atlas", "Orion", "Helix", "Nimbus", "Quartz", "Données clients", "検索チーム",
           'Team "Alpha"', "Back\\slash")
 _KINDS = ("Bot", "Agent", "Pipeline", "Evals", "Sandbox", "Prod", "Staging", "Research")
+_ID_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+ProjectObject: TypeAlias = dict[str, Any]  # a project as the API's JSON has it
 
 
 class UnknownCursor(Exception):
@@ -40,7 +44,7 @@ class SimulatedOrganization:
     def __init__(self, projects: int = 300, *, seed: int = 7, now: float | None = None):
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._projects: list[dict] = []
+        self._projects: list[ProjectObject] = []
         self._position: dict[str, int] = {}
         now = time.time() if now is None else now
         # Ages from minutes to three years, skewed young like a real organization's.
@@ -52,10 +56,10 @@ class SimulatedOrganization:
                 project["status"] = "archived"
             self._append(project)
 
-    def _new_project(self, created_at: int, name: str | None = None) -> dict:
+    def _new_project(self, created_at: int, name: str | None = None) -> ProjectObject:
         rng = self._rng
         project = {
-            "id": "proj_" + "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", k=24)),
+            "id": "proj_" + "".join(rng.choices(_ID_CHARACTERS, k=24)),
             "object": "organization.project",
             "name": name or f"{rng.choice(_WORDS)} {rng.choice(_KINDS)} {rng.randrange(1000)}",
             "created_at": created_at,
@@ -68,13 +72,13 @@ class SimulatedOrganization:
             project["residency"] = rng.choice(RESIDENCIES)
         return project
 
-    def _append(self, project: dict) -> None:
+    def _append(self, project: ProjectObject) -> None:
         self._position[project["id"]] = len(self._projects)
         self._projects.append(project)
 
     # -- reads ------------------------------------------------------------------------
 
-    def page(self, after: str | None, limit: int, include_archived: bool) -> tuple[list[dict], bool]:
+    def page(self, after: str | None, limit: int, include_archived: bool) -> tuple[list[ProjectObject], bool]:
         with self._lock:
             if after is None:
                 start = 0
@@ -82,7 +86,7 @@ class SimulatedOrganization:
                 start = self._position[after] + 1
             else:
                 raise UnknownCursor(after)
-            data = []
+            data: list[ProjectObject] = []
             for position in range(start, len(self._projects)):
                 project = self._projects[position]
                 if include_archived or project["status"] != "archived":
@@ -91,34 +95,34 @@ class SimulatedOrganization:
                     data.append(dict(project))
             return data, False
 
-    def get(self, project_id: str) -> dict | None:
+    def get(self, project_id: str) -> ProjectObject | None:
         with self._lock:
             position = self._position.get(project_id)
             return None if position is None else dict(self._projects[position])
 
-    def all(self, include_archived: bool = True) -> list[dict]:
+    def all(self, include_archived: bool = True) -> list[ProjectObject]:
         with self._lock:
             return [dict(p) for p in self._projects if include_archived or p["status"] != "archived"]
 
     # -- writes -----------------------------------------------------------------------
 
-    def create(self, name: str, **fields) -> dict:
+    def create(self, name: str, **fields: Any) -> ProjectObject:
         with self._lock:
             project = self._new_project(int(time.time()), name)
             project.update({k: v for k, v in fields.items() if v is not None})
             self._append(project)
             return dict(project)
 
-    def update(self, project_id: str, **fields) -> dict:
+    def update(self, project_id: str, **fields: Any) -> ProjectObject:
         with self._lock:
             project = self._projects[self._position[project_id]]
             project.update(fields)
             return dict(project)
 
-    def archive(self, project_id: str) -> dict:
+    def archive(self, project_id: str) -> ProjectObject:
         return self.update(project_id, status="archived", archived_at=int(time.time()))
 
-    def unarchive(self, project_id: str) -> dict:
+    def unarchive(self, project_id: str) -> ProjectObject:
         return self.update(project_id, status="active", archived_at=None)
 
     def remove(self, project_id: str) -> None:
@@ -186,10 +190,10 @@ class OrganizationServer(ThreadingHTTPServer):
 
     @property
     def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        host, port = self.server_address[:2]  # once bound, getsockname()'s: the host is a str
+        return f"http://{host!s}:{port}/v1"
 
-    def start(self) -> "OrganizationServer":
+    def start(self) -> OrganizationServer:
         threading.Thread(target=self.serve_forever, name="simulator", daemon=True).start()
         return self
 
@@ -197,7 +201,7 @@ class OrganizationServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         pass  # clients that hang up (tests that time out on purpose) are not worth a traceback
 
     def record(self, request: Request) -> Request:
@@ -212,16 +216,16 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave in separate writes
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet, the tests read `requests`
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet, the tests read `requests`
         pass
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         self._handle()
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         self._handle()
 
-    def _handle(self):
+    def _handle(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         request = self.server.record(Request(self.command, url.path, query, dict(self.headers), 0))
@@ -243,9 +247,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._list(request.query)
         if len(parts) == 4 and request.method == "POST":
             fields = _json_object(body)
-            if not isinstance(fields.get("name"), str):
+            name = fields.get("name")
+            if not isinstance(name, str):
                 return Response(400, error_body("name is required", param="name"))
-            return _ok(organization.create(**{k: fields.get(k) for k in ("name", "external_key_id", "residency")}))
+            return _ok(organization.create(name, **{k: fields.get(k) for k in ("external_key_id", "residency")}))
         project = organization.get(parts[4]) if len(parts) >= 5 else None
         if project is None:
             return Response(404, error_body("No such project", param="project_id"))
@@ -279,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
 
-    def _send(self, response: Response):
+    def _send(self, response: Response) -> None:
         if response.delay:
             time.sleep(response.delay)
         self.send_response(response.status)
@@ -296,11 +301,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(response.body)
 
 
-def _ok(project: dict) -> Response:
+def _ok(project: ProjectObject) -> Response:
     return Response(200, json.dumps(project, ensure_ascii=False).encode())
 
 
-def _json_object(body: bytes) -> dict:
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body or b"{}")
     except ValueError:
@@ -309,7 +314,7 @@ def _json_object(body: bytes) -> dict:
 
 
 def start_churn(organization: SimulatedOrganization, every: float, stop: threading.Event) -> threading.Thread:
-    def run():
+    def run() -> None:
         while not stop.wait(every):
             organization.churn()
 

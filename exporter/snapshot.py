@@ -7,9 +7,10 @@ complete poll. Nothing here mutates a snapshot after it is built.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter, is_
-from typing import Iterable, Mapping, NamedTuple
+from typing import NamedTuple
 
 ACTIVE = "active"
 ARCHIVED = "archived"
@@ -41,13 +42,13 @@ class Snapshot:
     duration: float
     counts: Mapping[str, int] = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         counts = {ACTIVE: 0, ARCHIVED: 0} | Counter(map(_status, self.projects.values()))
         object.__setattr__(self, "counts", counts)
 
     @classmethod
     def build(cls, projects: Iterable[Project], *, completed_at: float, pages: int, duration: float,
-              previous: "Snapshot | None" = None):
+              previous: Snapshot | None = None) -> Snapshot:
         """The snapshot of one poll; projects equal to ones of `previous` are taken from it.
 
         Keeping the old, equal objects lets the new, just-parsed copies die young, so the
@@ -64,9 +65,9 @@ class Snapshot:
         # nothing changed: share the mapping, and the diff and the render can tell at once.
         if len(projects) == len(before) and all(map(is_, projects, before.values())):
             return cls(before, completed_at, pages, duration)
-        kept = {}
+        kept: dict[str, Project] = {}
         for project in projects:
-            old = before.get(project.id)
+            old = before.get(project.id, project)  # a new project stands for itself
             kept[project.id] = old if old == project else project
         return cls(kept, completed_at, pages, duration)
 

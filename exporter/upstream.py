@@ -14,9 +14,10 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -53,6 +54,10 @@ class PollError(Exception):
 
 class PollCancelled(Exception):
     """The daemon is stopping; the poll gives up without a verdict."""
+
+
+class _ChainGaveUp(Exception):
+    """A chain stops without a walk of its own (ProjectsClient.walk_chain)."""
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,13 @@ class RequestLimiter:
         self._busy = 0
         self._condition = threading.Condition()
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         with self._condition:
             while self._busy >= self.limit:
                 self._condition.wait()
             self._busy += 1
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         with self._condition:
             self._busy -= 1
             self._condition.notify_all()
@@ -195,27 +200,43 @@ class ProjectsClient:
         """A poll succeeded: its pages are what the next poll compares its bodies with."""
         self._pages_before = poll.pages_read
 
-    def walk(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int] | None = None,
-             tolerate_unknown_cursor: bool = False) -> Walk | None:
+    def walk(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int] | None = None) -> Walk:
         """Follow the cursor from `after` to the end, or up to the first id in `stop_at`.
 
-        With `tolerate_unknown_cursor`, a first page refused with 400 or 404 (the anchor
-        no longer exists) gives None instead of failing the poll.
+        The whole poll, or a stretch the chains left to walk (exporter/chains.py): it never
+        gives up half way, and any failure fails the poll.
         """
+        return self._follow(after, poll, stop_at or {}, chained=False, tolerate_unknown_cursor=False)
+
+    def walk_chain(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int], *,
+                   tolerate_unknown_cursor: bool) -> Walk | None:
+        """One chain of a chained poll: as `walk`, or None when the chain gives up.
+
+        A chain gives up once another chain has failed the poll and, with
+        `tolerate_unknown_cursor`, when its first page is refused with 400 or 404 (the anchor
+        no longer exists).
+        """
+        try:
+            return self._follow(after, poll, stop_at, chained=True, tolerate_unknown_cursor=tolerate_unknown_cursor)
+        except _ChainGaveUp:
+            return None
+
+    def _follow(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int], *, chained: bool,
+                tolerate_unknown_cursor: bool) -> Walk:
+        """The walk itself; _ChainGaveUp where a chain gives up (see walk_chain)."""
         projects: list[Project] = []
         seen: set[str] = set()
-        stop_at = stop_at or {}
         first = True
         while True:
-            if poll.failed.is_set():
-                return None
+            if chained and poll.failed.is_set():
+                raise _ChainGaveUp()
             poll.scrapes_first.pause_for_scrapes()
             poll.count_page()
             try:
                 page = self.fetch_page(after, poll)
             except PollError as exc:
                 if first and tolerate_unknown_cursor and exc.status in (400, 404):
-                    return None
+                    raise _ChainGaveUp() from None
                 raise
             first = False
             ids = page.ids
@@ -236,7 +257,7 @@ class ProjectsClient:
 
     def fetch_page(self, after: str | None, poll: PollContext) -> Page:
         """One page, retried on 429, 5xx, timeouts and connection errors at its own cursor."""
-        params = {"limit": PAGE_SIZE, "include_archived": "true"}
+        params: dict[str, str | int] = {"limit": PAGE_SIZE, "include_archived": "true"}
         if after is not None:
             params["after"] = after
         attempt = 0
@@ -273,7 +294,7 @@ class ProjectsClient:
             if self._stop.wait(delay):
                 raise PollCancelled()
 
-    def _request(self, params, remaining: float) -> httpx.Response | PollError:
+    def _request(self, params: Mapping[str, str | int], remaining: float) -> httpx.Response | PollError:
         """One GET: the response, whatever its status, or the transport failure."""
         if self._stop.is_set():
             raise PollCancelled()
@@ -315,7 +336,7 @@ class ProjectsClient:
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter, so many exporters do not retry in step."""
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0**attempt)
         return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
 
@@ -419,7 +440,7 @@ _STR_OR_NONE = (str, type(None))
 _project_id = attrgetter("id")  # at C speed, for map()
 
 
-def _parse_plain_project(item) -> Project:
+def _parse_plain_project(item: object) -> Project:
     """parse_project for the common case: a type check per field, no helpers; anything unusual goes the long way."""
     if type(item) is dict:
         get = item.get
@@ -436,7 +457,7 @@ def _parse_plain_project(item) -> Project:
     return parse_project(item)
 
 
-def parse_project(item) -> Project:
+def parse_project(item: object) -> Project:
     if not isinstance(item, dict):
         raise _Invalid("a project is not a JSON object")
     project_id = item.get("id")
@@ -463,13 +484,13 @@ def parse_project(item) -> Project:
     )
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value
 
 
-def _optional_text(item: dict, field: str, project_id: str) -> str | None:
+def _optional_text(item: dict[str, Any], field: str, project_id: str) -> str | None:
     value = item.get(field)
     if value is None:
         return None

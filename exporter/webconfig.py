@@ -79,7 +79,7 @@ def load(path: Path) -> WebConfig:
     return WebConfig(_tls(document.get("tls_server_config"), base), _users(document.get("basic_auth_users")), files)
 
 
-def _tls(section, base: Path) -> ssl.SSLContext | None:
+def _tls(section: object, base: Path) -> ssl.SSLContext | None:
     if not section:
         return None
     if not isinstance(section, dict) or set(section) - _TLS_KEYS:
@@ -109,12 +109,12 @@ def _tls(section, base: Path) -> ssl.SSLContext | None:
     return context
 
 
-def _users(section) -> dict[str, bytes]:
+def _users(section: object) -> dict[str, bytes]:
     if not section:
         return {}
     if not isinstance(section, dict):
         raise SettingsError("--web.config.file: basic_auth_users must map user names to bcrypt hashes")
-    users = {}
+    users: dict[str, bytes] = {}
     for user, hashed in section.items():
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise SettingsError(f"--web.config.file: the password of {user!r} is not a bcrypt hash")
@@ -132,9 +132,9 @@ class WebConfigWatcher:
         self._lock = threading.Lock()
         self._verified: set[bytes] = set()  # digests of credentials bcrypt already accepted
 
-    def _stat(self):
+    def _stat(self) -> tuple[tuple[int, int, int], ...] | None:
         """What changes when the file, or a certificate or key it names, is replaced or edited."""
-        signature = []
+        signature: list[tuple[int, int, int]] = []
         for path in (self.path, *self._config.files):
             try:
                 st = os.stat(path)
