@@ -11,9 +11,7 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.net import free_port
+from tests.support.process import ExporterProcess
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_PATH = ROOT / "dashboards" / "openai-projects.json"
@@ -112,10 +114,18 @@ def test_every_selector_is_scoped_by_the_job_and_instance_variables():
 
 def test_dashboard_covers_the_exporters_metrics():
     exprs = " ".join(target["expr"] for _, target in all_targets())
-    for metric in ("openai_projects", "openai_project_info", "openai_project_created_timestamp_seconds",
-                   "openai_project_age_seconds_bucket", "openai_project_changes_total", "up",
-                   "openai_up", "openai_last_successful_poll_timestamp_seconds",
-                   "openai_poll_duration_seconds", "openai_api_requests_total"):
+    for metric in (
+        "openai_projects",
+        "openai_project_info",
+        "openai_project_created_timestamp_seconds",
+        "openai_project_age_seconds_bucket",
+        "openai_project_changes_total",
+        "up",
+        "openai_up",
+        "openai_last_successful_poll_timestamp_seconds",
+        "openai_poll_duration_seconds",
+        "openai_api_requests_total",
+    ):
         assert re.search(rf"\b{metric}\{{", exprs), metric
 
 
@@ -135,20 +145,51 @@ def test_provisioning_loads_this_dashboard_in_the_compose_stack():
 # --- the queries against a real Prometheus --------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
 
 
 class Prometheus:
-    def __init__(self, url: str):
-        self.url = url
+    """A real Prometheus server scraping one target, on a free loopback port of its own."""
+
+    def __init__(self, binary: str, directory: Path, target: str):
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+        }
+        (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.directory = directory
+        self.log = directory / "prometheus.log"
+        for _ in range(5):  # another process may take the free port before Prometheus binds it
+            port = free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            with open(self.log, "wb") as log:
+                self.process = subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={directory / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={directory / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                    ],
+                    cwd=directory,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if wait_for(self._up_or_exited, 60, what="Prometheus to answer") == "up":
+                return
+            if "address already in use" not in self.log.read_text():
+                break
+        raise AssertionError(f"Prometheus exited:\n{self.log.read_text()[-3000:]}")
+
+    def _up_or_exited(self) -> str | None:
+        if self.process.poll() is not None:
+            return "exited"
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=10):
+                return "up"
+        except OSError:
+            return None
 
     def api(self, path: str, **params) -> dict:
         query = urllib.parse.urlencode(params, doseq=True)
@@ -163,15 +204,14 @@ class Prometheus:
         params = {"query": expr} if at is None else {"query": expr, "time": at}
         return self.api("query", **params)["result"]
 
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -182,42 +222,26 @@ def prometheus(tmp_path_factory):
             pytest.fail("prometheus is not installed; CI must apt-get install prometheus")
         pytest.skip("prometheus binary not found (Debian package: prometheus)")
     tmp = tmp_path_factory.mktemp("prometheus")
-    exporter_port, prometheus_port = free_port(), free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    processes = []
+    exporter = ExporterProcess.start(["--demo", "--poll.interval", "2s"], tmp, key=None)
+    server = None
     try:
-        with open(tmp / "exporter.log", "wb") as log:
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "exporter", "--demo", "--web.listen-address",
-                 f"127.0.0.1:{exporter_port}", "--poll.interval", "2s"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-        with open(tmp / "prometheus.log", "wb") as log:
-            processes.append(subprocess.Popen(
-                [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-                cwd=tmp, stdout=log, stderr=subprocess.STDOUT))
-        server = Prometheus(f"http://127.0.0.1:{prometheus_port}")
+        exporter.wait_ready()  # on its port for good: Prometheus is told where to scrape
+        server = Prometheus(binary, tmp, f"127.0.0.1:{exporter.port}")
+
         # Enough history for the range functions: 10 scrapes with the exporter's poll good.
-        deadline = time.monotonic() + 60
-        while True:
-            for process, name in zip(processes, ("exporter", "prometheus")):
-                assert process.poll() is None, f"{name} exited:\n{(tmp / f'{name}.log').read_text()[-3000:]}"
-            try:
-                if server.query(f'count_over_time(openai_up{{job="{JOB}"}}[1m]) >= 10 '
-                                f'and openai_up{{job="{JOB}"}} == 1'):
-                    break
-            except OSError:
-                pass  # not listening yet
-            assert time.monotonic() < deadline, "Prometheus did not get 10 good scrapes within 60s"
-            time.sleep(0.5)
+        def history():
+            exporter.check_alive()
+            assert server.process.poll() is None, f"prometheus exited:\n{server.log.read_text()[-3000:]}"
+            return server.query(
+                f'count_over_time(openai_up{{job="{JOB}"}}[1m]) >= 10 and openai_up{{job="{JOB}"}} == 1'
+            )
+
+        wait_for(history, 90, interval=0.5, what="Prometheus to get 10 good scrapes")
         yield server
     finally:
-        for process in processes:
-            stop(process)
+        if server is not None:
+            server.stop()
+        exporter.kill()
 
 
 def label_values(prometheus: Prometheus, definition: str, values: dict) -> list[str]:
@@ -253,12 +277,14 @@ def variables(prometheus):
     return values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("expr", TARGETS)
 def test_panel_query_returns_data(prometheus, variables, expr):
     result = prometheus.query(substitute(expr, variables))
     assert result, f"no data for {substitute(expr, variables)}"
 
 
+@pytest.mark.slow
 def test_table_query_lists_every_project(prometheus, variables):
     (table,) = [panel for panel in all_panels() if panel["type"] == "table"]
     # One evaluation time for all, so every answer comes from the same scrape.

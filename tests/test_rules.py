@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import helpers
+from tests.support import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "deploy" / "prometheus"
@@ -23,7 +23,7 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 
 @pytest.fixture(scope="module")
 def promtool():
-    return helpers.promtool()
+    return metrics.promtool()
 
 
 def run(*args, cwd=RULES_DIR):
@@ -44,11 +44,13 @@ def test_files_exist():
     assert RULE_FILES and TEST_FILES
 
 
+@pytest.mark.slow
 def test_promtool_check_rules(promtool):
     out = run(promtool, "check", "rules", *RULE_FILES)
     assert "SUCCESS" in out
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests(promtool):
     out = run(promtool, "test", "rules", *TEST_FILES)
     assert "SUCCESS" in out and "FAILED" not in out
@@ -63,14 +65,20 @@ def test_every_alert_is_documented_and_tested_firing():
                     tested.add(case["alertname"])
     alerts = list(alerting_rules())
     names = {rule["alert"] for rule in alerts}
-    assert {"OpenAIProjectsExporterDown", "OpenAIProjectsPollsFailing", "OpenAIProjectsDataStale",
-            "OpenAIAdminAPIAuthFailures", "OpenAIProjectsArchivedOrRemovedBurst"} <= names
+    assert {
+        "OpenAIProjectsExporterDown",
+        "OpenAIProjectsPollsFailing",
+        "OpenAIProjectsDataStale",
+        "OpenAIAdminAPIAuthFailures",
+        "OpenAIProjectsArchivedOrRemovedBurst",
+    } <= names
     for rule in alerts:
         assert rule["annotations"].get("summary") and rule["annotations"].get("description"), rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         assert rule["alert"] in tested, f"{rule['alert']} has no unit test where it fires"
 
 
+@pytest.mark.slow
 def test_compose_prometheus_config_is_valid_and_loads_the_rules(promtool):
     run(promtool, "check", "config", "--syntax-only", COMPOSE_DIR / "prometheus.yml", cwd=COMPOSE_DIR)
     config = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
@@ -79,8 +87,9 @@ def test_compose_prometheus_config_is_valid_and_loads_the_rules(promtool):
     for volume in prometheus["volumes"]:
         source, target = volume.split(":")[:2]
         mounted[target] = (COMPOSE_DIR / source).resolve()
-    loaded = [path for target, path in mounted.items()
-              if any(Path(target).match(pattern) for pattern in config["rule_files"])]
+    loaded = [
+        path for target, path in mounted.items() if any(Path(target).match(pattern) for pattern in config["rule_files"])
+    ]
     assert sorted(loaded) == RULE_FILES
     # The rules' `up` selectors name this job.
     assert [job["job_name"] for job in config["scrape_configs"]] == ["openai-projects-exporter"]

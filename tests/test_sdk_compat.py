@@ -11,28 +11,45 @@ import math
 import openai
 import pytest
 
-from helpers import KEY, fetch, list_requests
+from tests.support.keys import KEY
+from tests.support.upstream import fetch, list_requests
 
 
 def sdk(server, key: str = KEY) -> openai.OpenAI:
     # Everything explicit: the SDK would otherwise read OPENAI_* variables from the environment.
-    return openai.OpenAI(api_key="sk-unused-project-key", admin_api_key=key, base_url=server.base_url,
-                         organization=None, project=None, max_retries=0, timeout=10)
+    return openai.OpenAI(
+        api_key="sk-unused-project-key",
+        admin_api_key=key,
+        base_url=server.base_url,
+        organization=None,
+        project=None,
+        max_retries=0,
+        timeout=10,
+    )
 
 
 def fields(project) -> tuple:
     if isinstance(project, dict):
         get = project.get
     else:
+
         def get(name):
             return getattr(project, name, None)
-    return (get("id"), get("name"), get("status"), get("created_at"), get("archived_at"),
-            get("external_key_id"), get("residency"))
+
+    return (
+        get("id"),
+        get("name"),
+        get("status"),
+        get("created_at"),
+        get("archived_at"),
+        get("external_key_id"),
+        get("residency"),
+    )
 
 
 @pytest.fixture
-def organization(make_server):
-    return make_server(250, seed=23)
+def organization(simulator):
+    return simulator(250, seed=23)
 
 
 def test_sdk_and_exporter_list_the_same_projects(organization, make_client):
@@ -99,6 +116,7 @@ def test_sdk_writes_are_what_the_exporter_reads_next(organization, make_client):
     assert seen[created.id].residency == "EU_STORAGE_PROCESSING"
 
 
+@pytest.mark.slow
 def test_sdk_and_the_exporter_process_agree(organization, start_exporter):
     process = start_exporter("--api.base-url", organization.base_url, "--poll.interval", "1h")
     process.wait_ready()
@@ -109,7 +127,9 @@ def test_sdk_and_the_exporter_process_agree(organization, start_exporter):
         by_sdk = list(client.admin.organization.projects.list(include_archived=True, limit=100))
 
     assert {p.id: (p.name, p.status) for p in by_sdk} == {
-        pid: (labels["name"], labels["status"]) for pid, labels in info.items()}
+        pid: (labels["name"], labels["status"]) for pid, labels in info.items()
+    }
     assert {p.id: p.created_at for p in by_sdk} == created
     assert {p.id: (p.external_key_id or "", p.residency or "") for p in by_sdk} == {
-        pid: (labels["external_key_id"], labels["residency"]) for pid, labels in info.items()}
+        pid: (labels["external_key_id"], labels["residency"]) for pid, labels in info.items()
+    }

@@ -10,18 +10,39 @@ import pytest
 
 from exporter.config import OrganizationConfig, from_settings, load_config
 from exporter.settings import (
-    DEFAULT_BASE_URL, DEFAULT_PORT, PER_ORGANIZATION, SETTINGS, AdminKey, Settings, SettingsError, build_parser,
-    load, parse_bool, parse_duration, parse_listen_address,
+    DEFAULT_BASE_URL,
+    DEFAULT_PORT,
+    PER_ORGANIZATION,
+    SETTINGS,
+    AdminKey,
+    Settings,
+    SettingsError,
+    build_parser,
+    load,
+    parse_bool,
+    parse_duration,
+    parse_listen_address,
 )
-from helpers import KEY
+from tests.support.keys import KEY
 
 ENV = {"OPENAI_ADMIN_KEY": KEY}
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30", 30), ("30s", 30), ("1.5s", 1.5), ("500ms", 0.5), ("5m", 300), ("1h", 3600), ("1d", 86400),
-    ("1m30s", 90), ("1h1m1s", 3661), (" 2s ", 2),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30", 30),
+        ("30s", 30),
+        ("1.5s", 1.5),
+        ("500ms", 0.5),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1d", 86400),
+        ("1m30s", 90),
+        ("1h1m1s", 3661),
+        (" 2s ", 2),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -32,16 +53,33 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text, value", [("true", True), ("1", True), ("YES", True), ("on", True),
-                                         ("false", False), ("0", False), ("No", False), ("off", False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        ("1", True),
+        ("YES", True),
+        ("on", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
 def test_booleans(text, value):
     assert parse_bool(text) is value
 
 
-@pytest.mark.parametrize("text, address", [
-    (":9186", ("", 9186)), ("0.0.0.0:80", ("0.0.0.0", 80)), ("127.0.0.1:0", ("127.0.0.1", 0)),
-    ("[::1]:9186", ("::1", 9186)), ("localhost:65535", ("localhost", 65535)),
-])
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        (":9186", ("", 9186)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9186", ("::1", 9186)),
+        ("localhost:65535", ("localhost", 65535)),
+    ],
+)
 def test_listen_addresses(text, address):
     assert parse_listen_address(text) == address
 
@@ -65,11 +103,30 @@ def test_defaults():
 
 
 def test_every_flag():
-    settings = load([
-        "--web.listen-address", "127.0.0.1:9999", "--api.base-url", "http://127.0.0.1:1234/v1/",
-        "--api.timeout", "2s", "--api.max-retries", "0", "--poll.interval", "1m", "--poll.timeout", "45s",
-        "--poll.max-pages", "7", "--metrics.per-project=false", "--log.level", "DEBUG", "--log.format", "console",
-    ], ENV)
+    settings = load(
+        [
+            "--web.listen-address",
+            "127.0.0.1:9999",
+            "--api.base-url",
+            "http://127.0.0.1:1234/v1/",
+            "--api.timeout",
+            "2s",
+            "--api.max-retries",
+            "0",
+            "--poll.interval",
+            "1m",
+            "--poll.timeout",
+            "45s",
+            "--poll.max-pages",
+            "7",
+            "--metrics.per-project=false",
+            "--log.level",
+            "DEBUG",
+            "--log.format",
+            "console",
+        ],
+        ENV,
+    )
     organization = from_settings(settings)
     assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9999)
     assert organization.base_url == "http://127.0.0.1:1234/v1"  # no trailing slash to double up
@@ -80,13 +137,22 @@ def test_every_flag():
 
 
 def test_every_variable():
-    settings = load([], {
-        **ENV, "OPENAI_EXPORTER_WEB_LISTEN_ADDRESS": ":1", "OPENAI_BASE_URL": "http://127.0.0.1:5/v1",
-        "OPENAI_EXPORTER_API_TIMEOUT": "3s", "OPENAI_EXPORTER_API_MAX_RETRIES": "2",
-        "OPENAI_EXPORTER_POLL_INTERVAL": "10s", "OPENAI_EXPORTER_POLL_TIMEOUT": "9s",
-        "OPENAI_EXPORTER_POLL_MAX_PAGES": "3", "OPENAI_EXPORTER_METRICS_PER_PROJECT": "false",
-        "OPENAI_EXPORTER_LOG_LEVEL": "warning", "OPENAI_EXPORTER_LOG_FORMAT": "console",
-    })
+    settings = load(
+        [],
+        {
+            **ENV,
+            "OPENAI_EXPORTER_WEB_LISTEN_ADDRESS": ":1",
+            "OPENAI_BASE_URL": "http://127.0.0.1:5/v1",
+            "OPENAI_EXPORTER_API_TIMEOUT": "3s",
+            "OPENAI_EXPORTER_API_MAX_RETRIES": "2",
+            "OPENAI_EXPORTER_POLL_INTERVAL": "10s",
+            "OPENAI_EXPORTER_POLL_TIMEOUT": "9s",
+            "OPENAI_EXPORTER_POLL_MAX_PAGES": "3",
+            "OPENAI_EXPORTER_METRICS_PER_PROJECT": "false",
+            "OPENAI_EXPORTER_LOG_LEVEL": "warning",
+            "OPENAI_EXPORTER_LOG_FORMAT": "console",
+        },
+    )
     organization = from_settings(settings)
     assert (settings.listen_host, settings.listen_port, organization.base_url) == ("", 1, "http://127.0.0.1:5/v1")
     assert (organization.api_timeout, organization.api_max_retries) == (3, 2)
@@ -134,15 +200,18 @@ def test_the_key_is_never_in_a_repr(tmp_path):
     assert KEY not in repr(AdminKey(value=KEY))
 
 
-@pytest.mark.parametrize("argv, env", [
-    ([], {}),
-    ([], {"OPENAI_ADMIN_KEY": ""}),
-    (["--poll.interval", "999ms"], ENV),
-    (["--poll.timeout", "0"], ENV),
-    (["--api.max-retries", "1.5"], ENV),
-    (["--log.format", "yaml"], ENV),
-    (["--bogus"], ENV),
-])
+@pytest.mark.parametrize(
+    "argv, env",
+    [
+        ([], {}),
+        ([], {"OPENAI_ADMIN_KEY": ""}),
+        (["--poll.interval", "999ms"], ENV),
+        (["--poll.timeout", "0"], ENV),
+        (["--api.max-retries", "1.5"], ENV),
+        (["--log.format", "yaml"], ENV),
+        (["--bogus"], ENV),
+    ],
+)
 def test_errors_are_one_line(argv, env):
     with pytest.raises(SettingsError) as error:
         load(argv, env)
@@ -165,18 +234,27 @@ def test_every_row_is_in_help_with_its_variable_and_default():
 def test_variables_are_named_after_the_flags_but_two():
     renamed = {"api.base-url": "OPENAI_BASE_URL", "api.admin-key-file": "OPENAI_ADMIN_KEY_FILE"}
     for row in SETTINGS:
-        assert row.variable == renamed.get(row.name, "OPENAI_EXPORTER_" + row.name.upper().replace(".", "_")
-                                           .replace("-", "_"))
+        assert row.variable == renamed.get(
+            row.name, "OPENAI_EXPORTER_" + row.name.upper().replace(".", "_").replace("-", "_")
+        )
 
 
 def test_the_rows_are_the_fields_of_settings_and_organization_config():
     assert [row.key for row in PER_ORGANIZATION] == [
-        "base_url", "api_timeout", "api_max_retries", "poll_interval", "poll_timeout", "poll_max_pages",
-        "poll_concurrency", "per_project_metrics"]
+        "base_url",
+        "api_timeout",
+        "api_max_retries",
+        "poll_interval",
+        "poll_timeout",
+        "poll_max_pages",
+        "poll_concurrency",
+        "per_project_metrics",
+    ]
     special = {"alias", "admin_key", "state_file", "key_source"}
     assert {f.name for f in fields(OrganizationConfig)} - special == {row.key for row in PER_ORGANIZATION}
     assert {f.name for f in fields(Settings)} - {"admin_key", "organization_texts"} == {
-        row.key for row in SETTINGS if not row.per_organization}
+        row.key for row in SETTINGS if not row.per_organization
+    }
 
 
 def write_organization(path: Path, **keys: str) -> Path:
@@ -195,8 +273,14 @@ def file_organization(path: Path, argv: list[str] = (), **keys: str) -> Organiza
 
 # A value for each per-organization row other than its default, as an operator would write it.
 OTHER_VALUES = {
-    "base_url": "http://127.0.0.1:9/v1/", "api_timeout": "7s", "api_max_retries": "0", "poll_interval": "2m",
-    "poll_timeout": "45s", "poll_max_pages": "3", "poll_concurrency": "4", "per_project_metrics": "off",
+    "base_url": "http://127.0.0.1:9/v1/",
+    "api_timeout": "7s",
+    "api_max_retries": "0",
+    "poll_interval": "2m",
+    "poll_timeout": "45s",
+    "poll_max_pages": "3",
+    "poll_concurrency": "4",
+    "per_project_metrics": "off",
 }
 
 
@@ -223,18 +307,28 @@ def test_poll_timeout_follows_an_organizations_own_interval_unless_a_flag_sets_i
     assert file_organization(path, ["--poll.interval", "1m"], poll_interval="2m").poll_timeout == 120
     assert file_organization(path, ["--poll.timeout", "1m"], poll_interval="2m").poll_timeout == 60
     # Set to the interval's value, the flag is still set: the organization keeps it.
-    assert file_organization(path, ["--poll.interval", "1m", "--poll.timeout", "1m"],
-                             poll_interval="2m").poll_timeout == 60
+    assert (
+        file_organization(path, ["--poll.interval", "1m", "--poll.timeout", "1m"], poll_interval="2m").poll_timeout
+        == 60
+    )
     assert file_organization(path, poll_interval="2m", poll_timeout="5s").poll_timeout == 5
 
 
 BAD_VALUES = [
-    ("api.base-url", "ftp://example.com"), ("api.base-url", "api.openai.com/v1"),
-    ("api.timeout", "0s"), ("api.timeout", "fast"),
-    ("api.max-retries", "-1"), ("api.max-retries", "1.5"),
-    ("poll.interval", "500ms"), ("poll.interval", "0"), ("poll.interval", "soon"),
-    ("poll.timeout", "0"), ("poll.timeout", "-5s"),
-    ("poll.max-pages", "0"), ("poll.concurrency", "0"), ("poll.concurrency", "many"),
+    ("api.base-url", "ftp://example.com"),
+    ("api.base-url", "api.openai.com/v1"),
+    ("api.timeout", "0s"),
+    ("api.timeout", "fast"),
+    ("api.max-retries", "-1"),
+    ("api.max-retries", "1.5"),
+    ("poll.interval", "500ms"),
+    ("poll.interval", "0"),
+    ("poll.interval", "soon"),
+    ("poll.timeout", "0"),
+    ("poll.timeout", "-5s"),
+    ("poll.max-pages", "0"),
+    ("poll.concurrency", "0"),
+    ("poll.concurrency", "many"),
     ("metrics.per-project", "maybe"),
 ]
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 from exporter.snapshot import ARCHIVED, CHANGE_KINDS, Change, Project, Snapshot, diff
 
 
-def proj(pid: str, name: str | None = None, status: str = "active", archived_at: float | None = None,
-         **fields) -> Project:
-    base = dict(id=pid, name=name if name is not None else f"name {pid}", status=status,
-                created_at=1_700_000_000.0, archived_at=archived_at, external_key_id=None, residency=None)
+def proj(
+    pid: str, name: str | None = None, status: str = "active", archived_at: float | None = None, **fields
+) -> Project:
+    base = dict(
+        id=pid,
+        name=name if name is not None else f"name {pid}",
+        status=status,
+        created_at=1_700_000_000.0,
+        archived_at=archived_at,
+        external_key_id=None,
+        residency=None,
+    )
     base.update(fields)
     return Project(**base)
 
@@ -38,17 +46,32 @@ def test_no_change_no_event():
 
 
 def test_each_kind_of_change():
-    old = snap(proj("keep"), proj("to_archive"), proj("to_unarchive", status=ARCHIVED, archived_at=5),
-               proj("to_rename", name="Old"), proj("to_remove"))
-    new = snap(proj("keep"), proj("to_archive", status=ARCHIVED, archived_at=6), proj("to_unarchive"),
-               proj("to_rename", name="New"), proj("created"))
+    old = snap(
+        proj("keep"),
+        proj("to_archive"),
+        proj("to_unarchive", status=ARCHIVED, archived_at=5),
+        proj("to_rename", name="Old"),
+        proj("to_remove"),
+    )
+    new = snap(
+        proj("keep"),
+        proj("to_archive", status=ARCHIVED, archived_at=6),
+        proj("to_unarchive"),
+        proj("to_rename", name="New"),
+        proj("created"),
+    )
 
     changes = diff(old, new)
 
-    assert sorted(kinds(changes)) == sorted([
-        ("archived", "to_archive"), ("unarchived", "to_unarchive"), ("renamed", "to_rename"),
-        ("created", "created"), ("removed", "to_remove"),
-    ])
+    assert sorted(kinds(changes)) == sorted(
+        [
+            ("archived", "to_archive"),
+            ("unarchived", "to_unarchive"),
+            ("renamed", "to_rename"),
+            ("created", "created"),
+            ("removed", "to_remove"),
+        ]
+    )
     assert {c.kind for c in changes} == set(CHANGE_KINDS)
     renamed = next(c for c in changes if c.kind == "renamed")
     assert (renamed.old_name, renamed.project.name) == ("Old", "New")
@@ -109,5 +132,8 @@ def test_equal_but_changed_polls_do_not_share_the_mapping():
         assert list(after.projects) == [p.id for p in projects]
         assert kinds(diff(before, after)) == expected
         # Equal projects are the previous snapshot's objects, so the next poll can share again.
-        assert all(after.projects[i] is before.projects[i] for i in after.projects
-                   if i in before.projects and after.projects[i] == before.projects[i])
+        assert all(
+            after.projects[i] is before.projects[i]
+            for i in after.projects
+            if i in before.projects and after.projects[i] == before.projects[i]
+        )

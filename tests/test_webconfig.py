@@ -10,18 +10,19 @@ import os
 import shutil
 import ssl
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from exporter.simulator import OrganizationServer, SimulatedOrganization
-from faultkit import (
-    Pki, bcrypt_hash, events_between, exporter, http_get, https_get, kill_quietly, run_exporter, wait_event,
-)
-from helpers import KEY, Metrics, wait_for
+from tests.support.metrics import Metrics
+from tests.support.net import get
+from tests.support.process import assert_one_line_error, run_exporter
+from tests.support.tls import Pki, bcrypt_hash
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt_hash(PASSWORD)
@@ -33,39 +34,21 @@ def pki(tmp_path_factory) -> Pki:
     return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    server = OrganizationServer(SimulatedOrganization(120, seed=9), KEY)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def start(upstream, tmp_path):
-    started = []
+def start(simulator, start_exporter, tmp_path):
+    """An exporter with `config` as its --web.config.file, answering /healthz (over TLS with `tls_context`)."""
+    server = simulator(120, seed=9)
 
-    def run(config: str, *, tls_context: ssl.SSLContext | None = None, auth=None, directory: Path | None = None):
-        directory = directory or tmp_path
-        web = directory / "web.yml"
+    def run(config: str, *, tls_context: ssl.SSLContext | None = None):
+        web = tmp_path / "web.yml"
         web.write_text(config)
-        process = exporter(["--api.base-url", upstream.base_url, "--poll.interval", "1s",
-                            "--web.config.file", str(web)], tmp_path)
-        started.append(process)
-
-        def healthy():
-            process._check_alive()
-            try:
-                if tls_context is not None:
-                    return https_get(process.port, "/healthz", tls_context, timeout=2).status_code == 200
-                return http_get(process.port, "/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-        wait_for(healthy, 10, what="the exporter to answer /healthz")
+        process = start_exporter(
+            "--api.base-url", server.base_url, "--poll.interval", "1s", "--web.config.file", str(web), wait=None
+        )
+        process.wait_listening(tls=tls_context)
         return process, web
-    yield run
-    for process in started:
-        kill_quietly(process)
+
+    return run
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -92,44 +75,56 @@ def test_tls_with_basic_auth(start, pki, tmp_path):
     # Relative file names resolve against the config file's directory.
     for name in ("server.crt", "server.key"):
         shutil.copy(pki.path(name), tmp_path / name)
-    config = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n" + users_section(
-        prometheus=HASH)
+    config = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n" + users_section(prometheus=HASH)
     context = pki.client_context()
     process, _ = start(config, tls_context=context)
     port = process.port
 
     good = ("prometheus", PASSWORD)
-    response = wait_for(lambda: (r := https_get(port, "/metrics", context, good)).status_code == 200
-                        and "openai_projects{" in r.text and r, 10, what="a good poll over TLS")
+    response = wait_for(
+        lambda: (
+            (r := get(port, "/metrics", tls=context, auth=good)).status_code == 200
+            and "openai_projects{" in r.text
+            and r
+        ),
+        10,
+        what="a good poll over TLS",
+    )
     metrics = Metrics(response.text)
     assert metrics.value("openai_up") == 1
-    assert metrics.value("openai_projects", status="active") + metrics.value(
-        "openai_projects", status="archived") == 120
-    assert https_get(port, "/metrics", context, good, host="localhost").status_code == 200
+    assert (
+        metrics.value("openai_projects", status="active") + metrics.value("openai_projects", status="archived") == 120
+    )
+    assert get(port, "/metrics", tls=context, auth=good, host="localhost").status_code == 200
 
     for path in PROTECTED:
-        assert https_get(port, path, context, good).status_code != 401, path
-        for auth in (None, ("prometheus", "wrong"), ("prometheus", ""), ("someone", PASSWORD),
-                     ("prometheus", PASSWORD + " ")):
-            refused = https_get(port, path, context, auth)
+        assert get(port, path, tls=context, auth=good).status_code != 401, path
+        for auth in (
+            None,
+            ("prometheus", "wrong"),
+            ("prometheus", ""),
+            ("someone", PASSWORD),
+            ("prometheus", PASSWORD + " "),
+        ):
+            refused = get(port, path, tls=context, auth=auth)
             assert refused.status_code == 401, (path, auth)
             assert refused.headers["WWW-Authenticate"].startswith("Basic realm=")
             assert "openai_" not in refused.text
     # Liveness probes carry no credentials.
-    health = https_get(port, "/healthz", context)
+    health = get(port, "/healthz", tls=context)
     assert (health.status_code, health.text) == (200, "ok\n")
 
     # Plain HTTP to the TLS port gets no HTTP answer at all.
     with pytest.raises(httpx.TransportError):
-        http_get(port, "/metrics", auth=good, timeout=5)
+        get(port, "/metrics", auth=good, timeout=5)
     with pytest.raises(httpx.TransportError):
-        http_get(port, "/healthz", timeout=5)
-    wait_event(process, "tls_handshake_failed", 0, timeout=5)
+        get(port, "/healthz", timeout=5)
+    process.wait_event("tls_handshake_failed")
     # A client that does not trust the CA refuses the server.
     with pytest.raises(httpx.ConnectError):
-        https_get(port, "/healthz", ssl.create_default_context())
+        get(port, "/healthz", tls=ssl.create_default_context())
     # The exporter still serves after all of that.
-    assert https_get(port, "/metrics", context, good).status_code == 200
+    assert get(port, "/metrics", tls=context, auth=good).status_code == 200
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate_of_the_ca(start, pki):
@@ -137,23 +132,23 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_of_the_ca(start, pki)
     with_cert = pki.client_context("client")
     process, _ = start(config, tls_context=with_cert)
 
-    response = https_get(process.port, "/metrics", with_cert)
+    response = get(process.port, "/metrics", tls=with_cert)
     assert response.status_code == 200 and "openai_up" in response.text
     for context in (pki.client_context(), pki.client_context("rogue-client")):
         with pytest.raises(httpx.TransportError):
-            https_get(process.port, "/metrics", context, timeout=5)
+            get(process.port, "/metrics", tls=context, timeout=5)
         with pytest.raises(httpx.TransportError):
-            https_get(process.port, "/healthz", context, timeout=5)
-    assert len(events_between(process, "tls_handshake_failed", 0)) >= 1
-    assert https_get(process.port, "/readyz", with_cert).status_code in (200, 503)
+            get(process.port, "/healthz", tls=context, timeout=5)
+    process.wait_event("tls_handshake_failed")
+    assert get(process.port, "/readyz", tls=with_cert).status_code in (200, 503)
 
 
 def test_min_version_refuses_older_clients(start, pki):
     process, _ = start(tls_section(pki, min_version="TLS13"), tls_context=pki.client_context())
-    assert https_get(process.port, "/healthz", pki.client_context()).status_code == 200
+    assert get(process.port, "/healthz", tls=pki.client_context()).status_code == 200
     old = pki.client_context(maximum=ssl.TLSVersion.TLSv1_2)
     with pytest.raises(httpx.TransportError):
-        https_get(process.port, "/healthz", old, timeout=5)
+        get(process.port, "/healthz", tls=old, timeout=5)
 
 
 # -- reload -----------------------------------------------------------------------------------
@@ -162,24 +157,24 @@ def test_min_version_refuses_older_clients(start, pki):
 def test_changed_file_is_read_again_without_a_restart(start, pki):
     process, web = start(users_section(prometheus=HASH))
     port, pid = process.port, process.proc.pid
-    assert http_get(port, "/metrics", auth=("prometheus", PASSWORD)).status_code == 200
+    assert get(port, "/metrics", auth=("prometheus", PASSWORD)).status_code == 200
 
     # A new password: the new one works at once, the old one no longer does.
     replace_file(web, users_section(prometheus=bcrypt_hash("second password")))
-    assert http_get(port, "/metrics", auth=("prometheus", "second password")).status_code == 200
-    assert http_get(port, "/metrics", auth=("prometheus", PASSWORD)).status_code == 401
-    wait_event(process, "web_config_reloaded", 0, timeout=5)
+    assert get(port, "/metrics", auth=("prometheus", "second password")).status_code == 200
+    assert get(port, "/metrics", auth=("prometheus", PASSWORD)).status_code == 401
+    process.wait_event("web_config_reloaded")
 
     # A broken file is logged and the last good config stays.
     replace_file(web, "basic_auth_users:\n  prometheus: plain-text-password\n")
-    assert http_get(port, "/metrics", auth=("prometheus", "second password")).status_code == 200
-    failed = wait_event(process, "web_config_reload_failed", 0, timeout=5)
+    assert get(port, "/metrics", auth=("prometheus", "second password")).status_code == 200
+    failed = process.wait_event("web_config_reload_failed")
     assert "not a bcrypt hash" in failed["reason"] and "plain-text-password" not in failed["reason"]
-    assert http_get(port, "/metrics").status_code == 401
+    assert get(port, "/metrics").status_code == 401
 
     # TLS switched on by the file alone: the next connection is TLS, plain HTTP is refused.
     replace_file(web, tls_section(pki) + users_section(prometheus=HASH))
-    assert https_get(port, "/metrics", pki.client_context(), ("prometheus", PASSWORD)).status_code == 200
+    assert get(port, "/metrics", tls=pki.client_context(), auth=("prometheus", PASSWORD)).status_code == 200
     with pytest.raises(httpx.TransportError):  # a new connection; one kept alive from before stays plain
         httpx.get(f"http://127.0.0.1:{port}/metrics", auth=("prometheus", PASSWORD), timeout=5, trust_env=False)
     assert process.proc.pid == pid and process.proc.poll() is None
@@ -192,7 +187,7 @@ def _timed(port: int, auth, repeats: int = 7) -> float:
     samples = []
     for _ in range(repeats):
         began = time.perf_counter()
-        assert http_get(port, "/readyz", auth=auth).status_code == 401
+        assert get(port, "/readyz", auth=auth).status_code == 401
         samples.append(time.perf_counter() - began)
     return statistics.median(samples)
 
@@ -212,7 +207,7 @@ def test_unknown_user_costs_as_much_as_a_wrong_password(start):
 def test_password_longer_than_bcrypt_takes_is_refused_with_401(start):
     process, _ = start(users_section(prometheus=HASH))
     for password in ("x" * 73, PASSWORD + "y" * 100, "é" * 40):
-        response = http_get(process.port, "/metrics", auth=("prometheus", password), timeout=5)
+        response = get(process.port, "/metrics", auth=("prometheus", password), timeout=5)
         assert response.status_code == 401
     assert "Traceback" not in process.stderr()
 
@@ -226,15 +221,23 @@ BAD_FILES = {
     "plain-password": ("basic_auth_users:\n  prometheus: hunter2\n", "is not a bcrypt hash"),
     "users-not-a-mapping": ("basic_auth_users: [a, b]\n", "must map user names"),
     "tls-without-key": ("tls_server_config:\n  cert_file: {crt}\n", "needs cert_file and key_file"),
-    "tls-missing-file": ("tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: {key}\n",
-                         "cannot load the TLS files"),
+    "tls-missing-file": (
+        "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: {key}\n",
+        "cannot load the TLS files",
+    ),
     "tls-unknown-key": ("tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  cipher: x\n", "takes only"),
-    "bad-min-version": ("tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS9\n",
-                        "min_version"),
-    "bad-client-auth": ("tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
-                        "  client_auth_type: Sometimes\n", "client_auth_type"),
-    "client-auth-without-ca": ("tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n"
-                               "  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
+    "bad-min-version": (
+        "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS9\n",
+        "min_version",
+    ),
+    "bad-client-auth": (
+        "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: Sometimes\n",
+        "client_auth_type",
+    ),
+    "client-auth-without-ca": (
+        "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: RequireAndVerifyClientCert\n",
+        "needs client_ca_file",
+    ),
 }
 
 
@@ -244,15 +247,11 @@ def test_bad_file_is_a_clear_error_at_start(pki, tmp_path, name):
     web = tmp_path / "web.yml"
     web.write_text(text.format(crt=pki.path("server.crt"), key=pki.path("server.key")))
     result = run_exporter(["--web.config.file", str(web), "--web.listen-address", "127.0.0.1:0"])
-    assert result.returncode == 2, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("openai-projects-exporter: error: --web.config.file"), lines
-    assert reason in lines[0]
+    assert_one_line_error(result, reason, starts="--web.config.file")
 
 
 def test_missing_file_is_a_clear_error_at_start(tmp_path):
     result = run_exporter(["--web.config.file", str(tmp_path / "absent.yml")])
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        f"openai-projects-exporter: error: --web.config.file: cannot read {tmp_path / 'absent.yml'}: "
-        "No such file or directory"]
+    assert_one_line_error(
+        result, f"cannot read {tmp_path / 'absent.yml'}: No such file or directory", starts="--web.config.file: "
+    )

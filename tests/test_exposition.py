@@ -1,4 +1,5 @@
-"""Rendering: snapshot block, live tail, escaping, gzip, OpenMetrics, and promtool's verdict."""
+"""exporter/exposition.py: rendering a snapshot, the render cache, gzip and OpenMetrics framing,
+the live tail, escaping, and promtool's verdict on the result."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import tracemalloc
 
 import pytest
 
-from exporter import __version__
-from exporter.exposition import AGE_BUCKETS, Exposition, LiveTail, SnapshotRenderer, escape_label_value
-from exporter.pipeline import PollOutcome, Published
-from exporter.selfmetrics import HealthMetrics, OrganizationMetrics, exporter_registry
-from exporter.snapshot import CHANGE_KINDS, Change, Project, Snapshot
-from exporter.upstream import POLL_FAILURE_REASONS
-from helpers import PER_PROJECT_FAMILIES, Metrics, fetch, promtool_check
+from exporter.exposition import AGE_BUCKETS, Exposition, SnapshotRenderer, escape_label_value
+from exporter.snapshot import Change, Snapshot
+from tests.support.metrics import PER_PROJECT_FAMILIES, Metrics, promtool_check
+from tests.support.rendering import Rendered, snapshot_of
+from tests.support.rendering import make_project as project
+from tests.support.upstream import fetch
 
 DAY = 86400.0
 NASTY_NAMES = [
@@ -34,85 +34,8 @@ NASTY_NAMES = [
 ]
 
 
-def project(pid: str, name: str | None = "Name", status: str = "active", created_at: float = 1_700_000_000,
-            archived_at: float | None = None, external_key_id: str | None = None,
-            residency: str | None = None) -> Project:
-    return Project(pid, name, status, created_at, archived_at, external_key_id, residency)
-
-
-def snapshot_of(projects, completed_at: float | None = None) -> Snapshot:
-    return Snapshot.build(projects, completed_at=completed_at or time.time(), pages=1, duration=0.25)
-
-
-class Rendered:
-    """Renderer, registry, metrics and live tail of one organization, wired as the daemon wires them."""
-
-    def __init__(self, per_project: bool = True):
-        self.renderer = SnapshotRenderer(per_project)
-        self.published = Published()
-        self.registry = exporter_registry()
-        self.metrics = OrganizationMetrics(HealthMetrics(self.registry), None, self.registry,
-                                           lambda: self.published.current)
-        self.tail = LiveTail(self.registry, lambda: (self.published.generation,))
-
-    @property
-    def current(self) -> Exposition:
-        return self.published.current
-
-    def publish(self, snapshot: Snapshot) -> Exposition:
-        self.published.current = self.renderer.render(snapshot)
-        return self.current
-
-    def record_success(self, changes: list[Change], duration: float = 0.25) -> None:
-        """What a poll's end records, as exporter.pipeline.Poller does."""
-        snapshot = self.current.snapshot
-        assert snapshot is not None
-        self.metrics.record_success(snapshot, changes, duration)
-        self.published.finish(PollOutcome(True, snapshot.completed_at, duration))
-
-    def record_failure(self, reason: str, duration: float) -> None:
-        self.metrics.record_failure(reason, duration)
-        self.published.finish(PollOutcome(False, time.time(), duration, reason, "failed"))
-
-    def scrape_bytes(self, accept: str | None = None, gzipped: bool = False) -> tuple[bytes, str]:
-        chunks, content_type = self.tail.scrape(self.current, accept, gzipped)
-        return b"".join(chunks), content_type
-
-    def scrape(self, accept: str | None = None) -> Metrics:
-        body, content_type = self.scrape_bytes(accept)
-        return Metrics(body.decode(), openmetrics=content_type.startswith("application/openmetrics-text"))
-
-
-def test_before_the_first_poll():
-    rendered = Rendered()
-    metrics = rendered.scrape()
-
-    assert metrics.value("openai_up") == 0
-    assert metrics.value("openai_last_successful_poll_timestamp_seconds") == 0
-    assert metrics.value("openai_polls_total") == 0
-    assert {k: metrics.value("openai_project_changes_total", change=k) for k in CHANGE_KINDS} == \
-        dict.fromkeys(CHANGE_KINDS, 0)
-    assert {r: metrics.value("openai_poll_failures_total", reason=r) for r in POLL_FAILURE_REASONS} == \
-        dict.fromkeys(POLL_FAILURE_REASONS, 0)
-    assert set(POLL_FAILURE_REASONS) == {"auth", "rate_limited", "http_error", "timeout", "connection",
-                                         "invalid_response", "pagination"}
-    assert set(CHANGE_KINDS) == {"created", "archived", "unarchived", "renamed", "removed"}
-    assert metrics.value("openai_exporter_build_info", version=__version__) == 1
-    # Nothing is known about the organization yet: no made-up zeros.
-    assert "openai_projects" not in metrics.families
-    assert "openai_project_age_seconds" not in metrics.families
-
-
-def test_process_metrics_stay():
-    metrics = Rendered().scrape()
-    assert metrics.samples("process_cpu_seconds_total")
-    assert metrics.samples("process_resident_memory_bytes")
-    assert metrics.samples("python_info")
-    assert metrics.samples("python_gc_objects_collected_total")
-
-
-def test_snapshot_block_matches_the_organization(server, make_client):
-    projects = fetch(make_client(server.base_url)).projects
+def test_snapshot_block_matches_the_organization(simulator, make_client):
+    projects = fetch(make_client(simulator().base_url)).projects
     rendered = Rendered()
     rendered.publish(snapshot_of(projects))
     metrics = rendered.scrape()
@@ -127,12 +50,19 @@ def test_snapshot_block_matches_the_organization(server, make_client):
     assert set(info) == {p.id for p in projects}
     assert all(s.value == 1 for s in metrics.samples("openai_project_info"))
     for p in projects:
-        assert info[p.id] == {"project_id": p.id, "name": p.name or "", "status": p.status,
-                              "external_key_id": p.external_key_id or "", "residency": p.residency or ""}
+        assert info[p.id] == {
+            "project_id": p.id,
+            "name": p.name or "",
+            "status": p.status,
+            "external_key_id": p.external_key_id or "",
+            "residency": p.residency or "",
+        }
     assert metrics.values_by_label("openai_project_created_timestamp_seconds", "project_id") == {
-        p.id: p.created_at for p in projects}
+        p.id: p.created_at for p in projects
+    }
     assert metrics.values_by_label("openai_project_archived_timestamp_seconds", "project_id") == {
-        p.id: p.archived_at for p in projects if p.archived_at is not None}
+        p.id: p.archived_at for p in projects if p.archived_at is not None
+    }
 
 
 def test_counts_show_zero_archived_when_none_are():
@@ -147,13 +77,19 @@ def test_missing_fields_render_as_empty_labels():
     rendered = Rendered()
     rendered.publish(snapshot_of([project("proj_bare", name=None)]))
     assert rendered.scrape().by_label("openai_project_info", "project_id")["proj_bare"] == {
-        "project_id": "proj_bare", "name": "", "status": "active", "external_key_id": "", "residency": ""}
+        "project_id": "proj_bare",
+        "name": "",
+        "status": "active",
+        "external_key_id": "",
+        "residency": "",
+    }
 
 
 def test_fractional_timestamps_round_trip():
     rendered = Rendered()
-    rendered.publish(snapshot_of([project("proj_f", created_at=1711471533.25, status="archived",
-                                          archived_at=1711471599.5)]))
+    rendered.publish(
+        snapshot_of([project("proj_f", created_at=1711471533.25, status="archived", archived_at=1711471599.5)])
+    )
     metrics = rendered.scrape()
     assert metrics.value("openai_project_created_timestamp_seconds", project_id="proj_f") == 1711471533.25
     assert metrics.value("openai_project_archived_timestamp_seconds", project_id="proj_f") == 1711471599.5
@@ -161,8 +97,9 @@ def test_fractional_timestamps_round_trip():
 
 @pytest.mark.parametrize("accept", [None, "application/openmetrics-text; version=1.0.0; charset=utf-8"])
 def test_label_escaping_round_trips_through_the_parser(accept):
-    projects = [project(f"proj_{n}", name=name, external_key_id=name, residency="GLOBAL")
-                for n, name in enumerate(NASTY_NAMES)]
+    projects = [
+        project(f"proj_{n}", name=name, external_key_id=name, residency="GLOBAL") for n, name in enumerate(NASTY_NAMES)
+    ]
     projects.append(project('proj_"odd\\id\n', name="odd id"))
     rendered = Rendered()
     rendered.publish(snapshot_of(projects))
@@ -173,8 +110,9 @@ def test_label_escaping_round_trips_through_the_parser(accept):
     for p in projects:
         assert info[p.id]["name"] == p.name
         assert info[p.id]["external_key_id"] == (p.external_key_id or "")
-    assert set(metrics.values_by_label("openai_project_created_timestamp_seconds", "project_id")) == \
-        {p.id for p in projects}
+    assert set(metrics.values_by_label("openai_project_created_timestamp_seconds", "project_id")) == {
+        p.id for p in projects
+    }
 
 
 def test_escape_label_value():
@@ -184,13 +122,21 @@ def test_escape_label_value():
     assert escape_label_value("plain ü") == "plain ü"
 
 
+@pytest.mark.slow
 def test_promtool_accepts_the_exposition():
     now = time.time()
-    projects = [project(f"proj_{n}", name=name, created_at=now - n * DAY,
-                        status="archived" if n % 3 == 0 else "active",
-                        archived_at=now if n % 3 == 0 else None, external_key_id="ekm_1" if n % 2 else None,
-                        residency="EU_STORAGE_PROCESSING" if n % 2 else None)
-               for n, name in enumerate(NASTY_NAMES)]
+    projects = [
+        project(
+            f"proj_{n}",
+            name=name,
+            created_at=now - n * DAY,
+            status="archived" if n % 3 == 0 else "active",
+            archived_at=now if n % 3 == 0 else None,
+            external_key_id="ekm_1" if n % 2 else None,
+            residency="EU_STORAGE_PROCESSING" if n % 2 else None,
+        )
+        for n, name in enumerate(NASTY_NAMES)
+    ]
     rendered = Rendered()
     rendered.publish(snapshot_of(projects))
     rendered.record_success([Change("created", projects[0])])
@@ -204,18 +150,19 @@ def test_promtool_accepts_the_exposition():
     assert result.stdout.strip() == b"" and result.stderr.strip() == b"", "promtool lint findings"
 
 
-def test_promtool_accepts_the_exposition_before_the_first_poll():
-    body, _ = Rendered().scrape_bytes()
-    result = promtool_check(body.decode())
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-
-
 def test_age_histogram_buckets_by_status():
     now = time.time()
     ages = {"active": [0.5, 3, 10, 45, 100, 200, 400, 1000], "archived": [2, 800]}  # in days, off the bounds
-    projects = [project(f"proj_{status}_{n}", status=status, created_at=now - age * DAY,
-                        archived_at=now if status == "archived" else None)
-                for status, days in ages.items() for n, age in enumerate(days)]
+    projects = [
+        project(
+            f"proj_{status}_{n}",
+            status=status,
+            created_at=now - age * DAY,
+            archived_at=now if status == "archived" else None,
+        )
+        for status, days in ages.items()
+        for n, age in enumerate(days)
+    ]
     rendered = Rendered()
     rendered.publish(snapshot_of(projects))
 
@@ -224,8 +171,11 @@ def test_age_histogram_buckets_by_status():
     bounds = sorted(AGE_BUCKETS)
     assert bounds == [d * DAY for d in (1, 7, 30, 90, 180, 365, 730)]
     for status, days in ages.items():
-        buckets = {float(s.labels["le"]): s.value for s in metrics.samples("openai_project_age_seconds_bucket")
-                   if s.labels["status"] == status}
+        buckets = {
+            float(s.labels["le"]): s.value
+            for s in metrics.samples("openai_project_age_seconds_bucket")
+            if s.labels["status"] == status
+        }
         assert set(buckets) == {*bounds, float("inf")}
         for bound in bounds:
             assert buckets[bound] == sum(1 for age in days if age * DAY <= bound), (status, bound)
@@ -243,8 +193,8 @@ def test_age_histogram_has_both_statuses_even_when_empty():
     assert metrics.value("openai_project_age_seconds_count", status="active") == 1
 
 
-def test_per_project_false_keeps_counts_and_ages_only(server, make_client):
-    projects = fetch(make_client(server.base_url)).projects
+def test_per_project_false_keeps_counts_and_ages_only(simulator, make_client):
+    projects = fetch(make_client(simulator().base_url)).projects
     rendered = Rendered(per_project=False)
     rendered.publish(snapshot_of(projects))
     metrics = rendered.scrape()
@@ -253,8 +203,9 @@ def test_per_project_false_keeps_counts_and_ages_only(server, make_client):
         assert family not in metrics.families
         assert family not in metrics.text
     assert sum(metrics.values_by_label("openai_projects", "status").values()) == len(projects)
-    assert sum(metrics.value("openai_project_age_seconds_count", status=s) for s in ("active", "archived")) \
-        == len(projects)
+    assert sum(metrics.value("openai_project_age_seconds_count", status=s) for s in ("active", "archived")) == len(
+        projects
+    )
 
 
 def test_gzip_body_decompresses_to_the_identity_body():
@@ -274,8 +225,9 @@ def test_gzip_scrape_has_the_same_series_as_identity():
     unzipped = Metrics(gzip.decompress(zipped).decode())
     plain = Metrics(identity.decode())
     # Same series; values of the live process metrics may move between the two scrapes.
-    assert {(s.name, frozenset(s.labels.items())) for f in unzipped.families.values() for s in f.samples} == \
-        {(s.name, frozenset(s.labels.items())) for f in plain.families.values() for s in f.samples}
+    assert {(s.name, frozenset(s.labels.items())) for f in unzipped.families.values() for s in f.samples} == {
+        (s.name, frozenset(s.labels.items())) for f in plain.families.values() for s in f.samples
+    }
     assert unzipped.series("openai_project_info") == plain.series("openai_project_info")
 
 
@@ -293,36 +245,6 @@ def test_openmetrics_when_asked():
     for name in ("openai_projects", *PER_PROJECT_FAMILIES):
         assert openmetrics.series(name) == plain.series(name)
     assert openmetrics.value("openai_project_changes_total", change="created") == 0
-
-
-def test_record_success_and_failure():
-    rendered = Rendered()
-    snapshot = snapshot_of([project("proj_a")], completed_at=1_750_000_000.5)
-    rendered.publish(snapshot)
-    rendered.record_success([Change("created", snapshot.projects["proj_a"]),
-                             Change("renamed", snapshot.projects["proj_a"], "old"),
-                             Change("created", snapshot.projects["proj_a"])])
-    after_success = rendered.scrape()
-    rendered.metrics.record_response(200)
-    rendered.metrics.record_response(200)
-    rendered.metrics.record_response(503)
-    rendered.record_failure("timeout", 2.5)
-    after_failure = rendered.scrape()
-
-    assert after_success.value("openai_up") == 1
-    assert after_success.value("openai_polls_total") == 1
-    assert after_success.value("openai_last_successful_poll_timestamp_seconds") == 1_750_000_000.5
-    assert after_success.value("openai_poll_duration_seconds") == 0.25
-    assert after_success.value("openai_project_changes_total", change="created") == 2
-    assert after_success.value("openai_project_changes_total", change="renamed") == 1
-    assert after_success.value("openai_project_changes_total", change="removed") == 0
-
-    assert after_failure.value("openai_up") == 0
-    assert after_failure.value("openai_polls_total") == 2
-    assert after_failure.value("openai_poll_failures_total", reason="timeout") == 1
-    assert after_failure.value("openai_poll_duration_seconds") == 2.5
-    assert after_failure.value("openai_last_successful_poll_timestamp_seconds") == 1_750_000_000.5
-    assert after_failure.values_by_label("openai_api_requests_total", "code") == {"200": 2, "503": 1}
 
 
 def _render_from_scratch(snapshot: Snapshot) -> Exposition:
@@ -369,8 +291,9 @@ def _rendered_size(exposition: Exposition) -> int:
 
 
 def test_a_render_holds_the_rendered_bytes_once_and_at_most_last_and_next():
-    projects = [project(f"proj_{n:024x}", name=f"Project number {n}", created_at=1_600_000_000 + n)
-                for n in range(20_000)]
+    projects = [
+        project(f"proj_{n:024x}", name=f"Project number {n}", created_at=1_600_000_000 + n) for n in range(20_000)
+    ]
     first = snapshot_of(projects)
     renderer = SnapshotRenderer(True)
     tracemalloc.start()
@@ -398,8 +321,7 @@ def test_a_poll_ending_renews_the_live_tail_at_once():
     """A tail rendered by a scrape just before a poll ends is never served after it, the
     first poll of the process included; within its second it serves the same bytes."""
     now = [1000.0]
-    rendered = Rendered()
-    rendered.tail = LiveTail(rendered.registry, lambda: (rendered.published.generation,), clock=lambda: now[0])
+    rendered = Rendered(clock=lambda: now[0])
     snapshot = snapshot_of([project("proj_a")])
     rendered.publish(snapshot)
     before = rendered.tail.scrape(rendered.current, None, False)[0][-1]
