@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 import yaml
 
+from exporter.inputs import load_yaml
 from exporter.settings import PER_ORGANIZATION, AdminKey, Setting, Settings, SettingsError, resolve
 
 log = structlog.get_logger("exporter.organizations")  # the logger its warning has always had
@@ -86,7 +87,7 @@ def load_config(path: Path, defaults: Settings, environ: Mapping[str, str] | Non
     """The organizations of a config file; SettingsError with one line on any problem."""
     environ = os.environ if environ is None else environ
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = load_yaml(path)
     except OSError as exc:
         raise SettingsError(f"--config.file: cannot read {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -118,8 +119,16 @@ def _organization(entry: object, number: int, base: Path, defaults: Settings,
         raise SettingsError(f"{where}: unknown keys {sorted(unknown)}")
     key, source = _admin_key(entry, alias, where, base, environ)
     # YAML has already typed the values (5 is an int, true a bool); the rows parse text, as from a flag.
-    texts = {row.key: str(entry[row.key]) for row in PER_ORGANIZATION if entry.get(row.key) is not None}
+    texts = {row.key: _scalar(entry[row.key], f"{where}: {row.key}")
+             for row in PER_ORGANIZATION if entry.get(row.key) is not None}
     return _build(defaults, texts, where, alias=alias, admin_key=key, key_source=source)
+
+
+def _scalar(value: object, where: str) -> str:
+    """A YAML scalar as the text a flag would give; a list or a mapping is refused, not printed."""
+    if not isinstance(value, (str, int, float, bool)):
+        raise SettingsError(f"{where}: must be a single value, not a {type(value).__name__}")
+    return str(value)
 
 
 def _admin_key(entry: dict[Any, Any], alias: str, where: str, base: Path,
@@ -129,17 +138,17 @@ def _admin_key(entry: dict[Any, Any], alias: str, where: str, base: Path,
     if len(given) != 1:
         raise SettingsError(f"{where}: give exactly one of admin_key_file, admin_key_env, admin_key")
     if given[0] == "admin_key_file":
-        key = AdminKey(path=base / str(entry["admin_key_file"]))
+        key = AdminKey(path=base / _scalar(entry["admin_key_file"], f"{where}: admin_key_file"))
         source = f"file:{key.path}"
     elif given[0] == "admin_key_env":
-        name = str(entry["admin_key_env"])
+        name = _scalar(entry["admin_key_env"], f"{where}: admin_key_env")
         if not environ.get(name, "").strip():
             raise SettingsError(f"{where}: environment variable {name} is unset or empty")
         key, source = AdminKey(value=environ[name].strip()), f"env:{name}"
     else:
         log.warning("inline_admin_key", organization=alias,
                     advice="prefer admin_key_file or admin_key_env; the config file now holds a secret")
-        inline = str(entry["admin_key"]).strip()
+        inline = _scalar(entry["admin_key"], f"{where}: admin_key").strip()
         # A digest, not the key, tells a changed inline key on reload.
         key, source = AdminKey(value=inline), "inline:" + hashlib.sha256(inline.encode()).hexdigest()[:16]
     try:

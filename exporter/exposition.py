@@ -36,6 +36,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from exporter import redaction
+from exporter.redaction import scrub_bytes
 from exporter.snapshot import ACTIVE, ARCHIVED, Project, Snapshot
 
 # Rendered bytes, or a read-only view into a larger rendered buffer (see SnapshotRenderer).
@@ -149,6 +151,8 @@ class Piece(NamedTuple):
 
     @classmethod
     def of(cls, raw: bytes) -> Piece:
+        # Label values are upstream's text: one that quotes the admin key must not publish it.
+        raw = scrub_bytes(raw)
         return cls(raw, deflate(raw))
 
 
@@ -240,8 +244,11 @@ class SnapshotRenderer:
         # Per run of projects, one Piece per per-project family (_FAMILY_HEADERS' order).
         self._chunks: dict[tuple[Project, ...], Sequence[Piece]] = {}
         self._last: Exposition | None = None
+        self._secrets = redaction.generation()
 
     def render(self, snapshot: Snapshot) -> Exposition:
+        if self._secrets != redaction.generation():  # a new key: what was rendered is scrubbed again
+            self._chunks, self._last, self._secrets = {}, None, redaction.generation()
         last = self._last
         if last is not None and last.snapshot is not None and last.snapshot.projects is snapshot.projects:
             self._last = last.republish(snapshot)

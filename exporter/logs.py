@@ -13,28 +13,11 @@ import sys
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-# A tuple swapped whole, so a log line on another thread never iterates a set that grows.
-_secrets: tuple[str, ...] = ()
-REDACTED = "<redacted>"
-
-
-def add_secret(secret: str) -> None:
-    """Register a value that must never be printed (the admin key, each time it is read)."""
-    global _secrets
-    if secret and secret not in _secrets:
-        _secrets = (*_secrets, secret)
-
-
-def scrub(text: str) -> str:
-    """`text` with every registered secret replaced."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+from exporter.redaction import active, scrub
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    if not _secrets:
+    if not active():
         return event_dict
     for key, value in event_dict.items():
         if isinstance(value, str):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from exporter import logs, state
+from exporter import redaction, state
 from exporter.chains import fetch_projects
 from exporter.exposition import EMPTY, Exposition, SnapshotRenderer
 from exporter.memory import release_free_memory
@@ -130,7 +130,7 @@ class Poller:
     def _failed(self, reason: str, message: str, started: float, request_id: str | None = None) -> None:
         duration = time.monotonic() - started
         self._metrics.record_failure(reason, duration)
-        message = logs.scrub(message)  # the / page shows it; upstream data may quote anything
+        message = redaction.scrub(message)  # the / page shows it; upstream data may quote anything
         self._published.finish(PollOutcome(False, time.time(), duration, reason, message))
         log.warning("poll_failed", reason=reason, message=message, request_id=request_id,
                     duration=round(duration, 3))

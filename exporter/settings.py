@@ -22,6 +22,8 @@ from types import MappingProxyType
 from typing import Any, Generic, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.inputs import KEY_FILE_LIMIT, read_regular_file
+from exporter.redaction import add_secret
 
 DEFAULT_PORT = 9186
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -40,11 +42,20 @@ class SettingsError(Exception):
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer than any sensible interval or timeout, and far inside what timers and the
+# scheduler's datetimes can hold: a larger value is a typo, refused at parse time.
+MAX_DURATION = 365 * 86400.0
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `30`, `30s`, `1.5s`, `500ms`, `5m`, `1h`, or Prometheus-style `1m30s`."""
-    text = text.strip()
+    """Seconds from `30`, `30s`, `1.5s`, `500ms`, `5m`, `1h`, or Prometheus-style `1m30s`; at most 365d."""
+    seconds = _duration_seconds(text.strip())
+    if not seconds <= MAX_DURATION:  # also refuses an infinite value from thousands of digits
+        raise ValueError(f"{text.strip()!r} is above the maximum of 365d")
+    return seconds
+
+
+def _duration_seconds(text: str) -> float:
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
     pos, total = 0, 0.0
@@ -249,6 +260,11 @@ def _checked(key: str, what: str) -> str:
     return key
 
 
+def _registered(key: str) -> str:
+    add_secret(key)  # from its first read on, no output of the exporter prints it
+    return key
+
+
 class AdminKey:
     """Where the admin key comes from; the file is read again before every poll.
 
@@ -264,15 +280,15 @@ class AdminKey:
         if self.path is None:
             if not self._value:
                 raise SettingsError("the admin key is empty")
-            return _checked(self._value, "the admin key")
+            return _registered(_checked(self._value, "the admin key"))
         try:
-            key = self.path.read_text(encoding="utf-8").strip()
+            key = read_regular_file(self.path, KEY_FILE_LIMIT).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise SettingsError(f"cannot read the admin key file {self.path}: {reason}") from None
         if not key:
             raise SettingsError(f"the admin key file {self.path} is empty")
-        return _checked(key, f"the admin key in {self.path}")
+        return _registered(_checked(key, f"the admin key in {self.path}"))
 
     def __repr__(self) -> str:
         source = f"file {str(self.path)!r}" if self.path else "environment"

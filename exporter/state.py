@@ -1,8 +1,11 @@
 """`--state.file`: the last good snapshot on disk, so a restart serves data at once.
 
 Written after each good poll through a temporary file, fsync and rename, so a crash at
-any moment leaves either the old file or the new one, never half of one. Anything that
-is not a state file of ours is ignored with a warning: a restart never fails on it.
+any moment leaves either the old file or the new one, never half of one; a write that fails
+leaves no temporary file. A state file that is a symbolic link (to a volume, say) stays
+one: the file it points to is replaced. Anything that is not a regular file, is larger
+than STATE_FILE_LIMIT or is not a state file of ours is ignored with a warning: a restart
+never fails on it, nor hangs on a FIFO or a device.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from pathlib import Path
 
 import structlog
 
+from exporter.inputs import read_regular_file
 from exporter.snapshot import Project, Snapshot
 
 FORMAT = "openai-projects-exporter/state"
 VERSION = 2  # projects as objects keyed by field name
+STATE_FILE_LIMIT = 1 << 30  # many times the state of the largest organization
 log = structlog.get_logger("exporter.state")
 
 
@@ -29,12 +34,17 @@ def save(path: Path, snapshot: Snapshot) -> None:
         "duration": snapshot.duration,
         "projects": [project._asdict() for project in snapshot.projects.values()],
     }
+    path = path.resolve() if path.is_symlink() else path
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, ensure_ascii=False, separators=(",", ":"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, ensure_ascii=False, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk must not keep half a copy as well
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a power cut
@@ -45,7 +55,7 @@ def save(path: Path, snapshot: Snapshot) -> None:
 def load(path: Path) -> Snapshot | None:
     """The saved snapshot, or None (with a warning unless the file simply does not exist yet)."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, STATE_FILE_LIMIT)
     except FileNotFoundError:
         log.info("state_file_absent", path=str(path))
         return None
@@ -61,8 +71,9 @@ def load(path: Path) -> Snapshot | None:
         projects = [_project(row) for row in document["projects"]]
         snapshot = Snapshot.build(projects, completed_at=float(document["completed_at"]),
                                   pages=int(document["pages"]), duration=float(document["duration"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("state_file_ignored", path=str(path), reason=" ".join(str(exc).split())[:200])
+    except Exception as exc:  # noqa: BLE001 - whatever the file holds (deep nesting included), it never stops a start
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        log.warning("state_file_ignored", path=str(path), reason=reason)
         return None
     log.info("state_file_loaded", path=str(path), projects=len(snapshot.projects))
     return snapshot

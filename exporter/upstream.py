@@ -23,7 +23,7 @@ import httpx
 import orjson
 import structlog
 
-from exporter import __version__, logs
+from exporter import __version__, redaction
 from exporter.priority import PauseBudget
 from exporter.settings import AdminKey, SettingsError
 from exporter.snapshot import ACTIVE, ARCHIVED, Project
@@ -186,8 +186,7 @@ class ProjectsClient:
             key = self._admin_key.read()
         except SettingsError as exc:
             raise PollError("auth", str(exc)) from None
-        logs.add_secret(key)
-        return key
+        return key  # registered with the redactor by AdminKey.read
 
     def start_poll(self, deadline: float, known: Mapping[str, Project] | None = None) -> PollContext:
         poll = PollContext(self.read_key(), deadline, self._max_pages, self.concurrency, known)
@@ -306,7 +305,7 @@ class ProjectsClient:
         except httpx.TimeoutException:
             return PollError("timeout", f"no answer within {min(remaining, self._timeout):.1f}s")
         except httpx.TransportError as exc:
-            detail = logs.scrub(_KEY_LIKE.sub("sk-***", _one_line(str(exc))))  # HTTP libraries may quote headers
+            detail = redaction.scrub(_KEY_LIKE.sub("sk-***", _one_line(str(exc))))  # HTTP libraries may quote headers
             return PollError("connection", f"{type(exc).__name__}: {detail}")
         self._on_response(response.status_code)
         return response
@@ -360,7 +359,7 @@ def _upstream_message(body: bytes) -> str:
         message = None
     if not isinstance(message, str) or not message:
         return "no error message"
-    return logs.scrub(_KEY_LIKE.sub("sk-***", _one_line(message)))
+    return redaction.scrub(_KEY_LIKE.sub("sk-***", _one_line(message)))
 
 
 def _one_line(text: str, limit: int = 200) -> str:

@@ -28,6 +28,7 @@ import bcrypt
 import structlog
 import yaml
 
+from exporter.inputs import load_yaml
 from exporter.settings import SettingsError
 
 log = structlog.get_logger("exporter.webconfig")
@@ -62,7 +63,7 @@ class WebConfig:
 def load(path: Path) -> WebConfig:
     """Parse and check the file; SettingsError with one line on any problem."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = load_yaml(path) or {}
     except OSError as exc:
         raise SettingsError(f"--web.config.file: cannot read {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
