@@ -8,9 +8,12 @@ anything else runs on a small machine. Priority alone does not cure that last pa
 scrapes at every priority, nice 0, 10 or 19 or SCHED_IDLE. What works is for the poll to
 stop: at each page boundary it checks whether a scrape is in flight and, if so, waits
 until the scrape has been written (milliseconds). The waits are bounded per page and
-per poll, so a storm of back-to-back scrapes makes a poll at most PAUSE_RATIO + 1 times
-longer, and never stops it. The poll's threads also run at a lower niceness, so that on a
-machine busy with other work the CPU goes to scrapes first.
+per poll: a poll's pauses add up to at most PAUSE_RATIO times the time it spent running,
+so it is never stopped. That bounds the pauses only. Under a storm of back-to-back scrapes
+the running itself is slower too, since the scrapes take the cores and the GIL between the
+pauses, so the whole poll stretches by more than PAUSE_RATIO + 1 against a quiet one. The
+poll's threads also run at a lower niceness, so that on a machine busy with other work the
+CPU goes to scrapes first.
 """
 
 from __future__ import annotations
