@@ -23,6 +23,7 @@ KEYS = {
     "slow": "sk-admin-slow-77aa88bb99cc00dd",
     "added": "sk-admin-added-4455667788990011",
 }
+DUPLICATE_KEY = "sk-admin-duplicate-5566778899aabbcc"
 
 
 def probe(process, alias: str | None):
@@ -188,7 +189,7 @@ def test_sighup_reload_adds_removes_changes_and_keeps_a_bad_file_out(simulator, 
     for bad in (
         "organizations: [unclosed\n",
         "organizations:\n  - alias: x\n    admin_key_env: OPENAI_ADMIN_KEY_UNSET_FOR_SURE\n",
-        "organizations:\n  - alias: a\n    admin_key: k\n  - alias: a\n    admin_key: k\n",
+        f"organizations:\n  - alias: a\n    admin_key: {DUPLICATE_KEY}\n  - alias: a\n    admin_key: {DUPLICATE_KEY}\n",
         "organizations: []\n",
     ):
         config.write_text(bad)
