@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 REDACTED = "<redacted>"
+# Shorter values are no API key (those run to dozens of characters), and scrubbing them, case
+# ignored, would cut letters out of every log line: `admin_key: k` in a refused config file.
+MIN_SECRET_LENGTH = 8
 
 # Swapped whole, so a reader on another thread always sees a complete set.
 _secrets: tuple[str, ...] = ()
@@ -21,7 +24,7 @@ _bytes: re.Pattern[bytes] | None = None
 def add_secret(secret: str) -> None:
     """Register a value that must never be printed (the admin key, each time it is read)."""
     global _secrets, _text, _bytes
-    if not secret or secret in _secrets:
+    if len(secret) < MIN_SECRET_LENGTH or secret in _secrets:
         return
     secrets = (*_secrets, secret)
     # Longest first, so a key that contains an older one is replaced whole.
