@@ -10,6 +10,7 @@ never fails on it, nor hangs on a FIFO or a device.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,9 @@ def save(path: Path, snapshot: Snapshot) -> None:
         "projects": [project._asdict() for project in snapshot.projects.values()],
     }
     path = path.resolve() if path.is_symlink() else path
+    if path.exists() and not path.is_file():
+        # A rename would put the state in place of a device, a FIFO or a directory.
+        raise OSError(errno.EINVAL, "not a regular file")
     temporary = path.with_name(path.name + ".tmp")
     try:
         with open(temporary, "w", encoding="utf-8") as handle:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_a_state_file_that_cannot_be_one_is_ignored_and_the_start_goes_on(tmp_pa
     if kind == "fifo":
         state = _fifo(tmp_path)
     elif kind == "device":
-        state = Path("/dev/full")
+        state = _device_like_dev_full(tmp_path)
     else:
         state = tmp_path / "state.json"
         state.write_text("[" * 200_000)
@@ -153,6 +154,19 @@ def test_a_state_file_that_cannot_be_one_is_ignored_and_the_start_goes_on(tmp_pa
     process.wait_ready()
     assert process.metrics().value("openai_up") == 1
     assert process.proc.poll() is None
+    if kind != "deep-nesting":  # nor is the FIFO or the device replaced by a state file
+        process.wait_event("state_file_write_failed", 0)
+        assert not state.is_file() and not state.with_name(state.name + ".tmp").exists()
+
+
+def _device_like_dev_full(tmp_path: Path) -> Path:
+    """A node of /dev/full's device (endless zeros to read), made where nothing else uses it."""
+    path = tmp_path / "full"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    return path
 
 
 @pytest.mark.slow

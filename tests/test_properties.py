@@ -73,7 +73,7 @@ def _outcome(parse, item: object) -> Project | str:  # type: ignore[no-untyped-d
 
 
 @given(items())
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 def test_the_fast_parser_agrees_with_the_tolerant_one(item: object) -> None:
     """Wherever the fast path answers, it answers as parse_project would; it never refuses
     what parse_project accepts (it hands anything unusual over)."""
@@ -83,7 +83,7 @@ def test_the_fast_parser_agrees_with_the_tolerant_one(item: object) -> None:
 
 
 @given(st.lists(st.one_of(items(wrong=False), items(wrong=False), items()), max_size=5), st.booleans())
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_a_page_parses_as_its_items_do_one_by_one(data: list[object], has_more: bool) -> None:
     """parse_page, whichever path it takes per page, gives what parse_project gives item by item."""
     body = json.dumps({"object": "list", "data": data, "has_more": has_more}).encode()  # \uXXXX escapes
@@ -182,7 +182,7 @@ def _edit(items: list[dict[str, object]], edits: list[tuple[str, int, int]]) -> 
 
 
 @given(size=st.integers(0, 700), concurrency=st.integers(2, 3), edits=EDITS)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 def test_chained_polls_stitch_to_the_list_a_sequential_walk_gives(listed: ListedUpstream, size: int,
                                                                   concurrency: int, edits) -> None:  # type: ignore[no-untyped-def]
@@ -216,7 +216,7 @@ PROJECTS = st.lists(st.builds(Project, id=st.sampled_from([f"proj_{n}" for n in 
 
 
 @given(PROJECTS, PROJECTS, st.randoms())
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 def test_the_diff_is_the_set_difference_of_two_polls(old: list[Project], new: list[Project], rng) -> None:  # type: ignore[no-untyped-def]
     rng.shuffle(new)  # the order of the list is no change
     first = Snapshot.build(old, completed_at=1.0, pages=1, duration=0.1)
