@@ -80,7 +80,10 @@ def run(settings: Settings) -> int:
     fleet = Fleet(scheduler, exporter_registry(), multi=settings.config_file is not None)
     try:
         server = ExporterServer(settings.listen_host, settings.listen_port, fleet,
-                                healthy=lambda: scheduler.running, web_config=web_config)
+                                healthy=lambda: scheduler.running, web_config=web_config,
+                                idle_timeout=settings.web_idle_timeout,
+                                read_header_timeout=settings.web_read_header_timeout,
+                                max_connections=settings.web_max_connections)
     except OSError as exc:
         return _fail(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}")
     fleet.apply(configs)

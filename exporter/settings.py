@@ -94,6 +94,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError("must be above zero")
+    return seconds
+
+
 def _non_negative_int(text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError(f"not a whole number: {text!r}")
@@ -189,6 +196,15 @@ SETTINGS: tuple[Setting[Any], ...] = (
             "check --config.file, print the verdict and exit (0 good, 2 bad)", "BOOL", default="false"),
     Setting("web.config.file", "web_config_file", _path,
             "exporter-toolkit web config (YAML) for TLS and basic auth", "PATH"),
+    Setting("web.idle-timeout", "web_idle_timeout", _positive_duration,
+            "close a connection that waits this long for a request, or for a read or write to make progress",
+            "DURATION", default="120s"),
+    Setting("web.read-header-timeout", "web_read_header_timeout", _positive_duration,
+            "deadline for a request's line and headers, counted from its first byte; also the TLS handshake's",
+            "DURATION", default="10s"),
+    Setting("web.max-connections", "web_max_connections", _positive_int,
+            "connections served at once; one more is answered 503 (or closed, with TLS) at once", "N",
+            default="64"),
     Setting("api.base-url", "base_url", _base_url, "OpenAI API base URL", "URL",
             default=DEFAULT_BASE_URL, per_organization=True, env="OPENAI_BASE_URL"),
     # Not per organization: each organization of --config.file names its key its own way (config.py).
@@ -313,6 +329,9 @@ class Settings:
     config_file: Path | None
     config_check: bool
     web_config_file: Path | None
+    web_idle_timeout: float
+    web_read_header_timeout: float
+    web_max_connections: int
     admin_key_file: Path | None
     state_file: Path | None
     log_level: str
