@@ -77,7 +77,8 @@ def run(settings: Settings) -> int:
         configs = [replace(configs[0], base_url=simulator.base_url)]
 
     scheduler = new_scheduler()
-    fleet = Fleet(scheduler, exporter_registry(), multi=settings.config_file is not None)
+    fleet = Fleet(scheduler, exporter_registry(), multi=settings.config_file is not None,
+                  max_response_size=settings.api_max_response_size)
     try:
         server = ExporterServer(settings.listen_host, settings.listen_port, fleet,
                                 healthy=lambda: scheduler.running, web_config=web_config,

@@ -28,7 +28,7 @@ from exporter.config import OrganizationConfig
 from exporter.exposition import EMPTY, Exposition, LiveTail, SnapshotRenderer
 from exporter.pipeline import Poller, Published
 from exporter.selfmetrics import HealthMetrics, OrganizationMetrics
-from exporter.upstream import ProjectsClient
+from exporter.upstream import KEEPALIVE_EXPIRY, MAX_RESPONSE_SIZE, ProjectsClient
 
 log = structlog.get_logger("exporter.organizations")
 
@@ -36,7 +36,8 @@ log = structlog.get_logger("exporter.organizations")
 class Organization:
     """The running parts of one organization."""
 
-    def __init__(self, config: OrganizationConfig, health: HealthMetrics, registry: CollectorRegistry):
+    def __init__(self, config: OrganizationConfig, health: HealthMetrics, registry: CollectorRegistry,
+                 max_response_size: int = MAX_RESPONSE_SIZE):
         self.config = config
         self.stop = threading.Event()
         self._lock = threading.Lock()
@@ -48,7 +49,10 @@ class Organization:
             base_url=config.base_url, admin_key=config.admin_key, timeout=config.api_timeout,
             max_retries=config.api_max_retries, max_pages=config.poll_max_pages, stop=self.stop,
             on_response=self.metrics.record_response, concurrency=config.poll_concurrency,
+            max_response_size=max_response_size,
         )
+        # Polls further apart than a connection may idle would never reuse one: close it after each.
+        self._keep_connections = config.poll_interval <= KEEPALIVE_EXPIRY
         self.poller = Poller(self.client, SnapshotRenderer(config.per_project_metrics), self.metrics,
                              self.published, config.poll_timeout, config.state_file)
 
@@ -72,6 +76,8 @@ class Organization:
                 self._polling = False
                 if self.stop.is_set():
                     self.client.close()  # removed while polling: the poll is over now
+                elif not self._keep_connections:
+                    self.client.release_connections()
 
     def retire(self) -> None:
         """Stop polling for good: a running poll gives up at its next step and closes the client."""
@@ -84,10 +90,12 @@ class Organization:
 class Fleet:
     """All organizations, their jobs on one scheduler, and what each endpoint serves."""
 
-    def __init__(self, scheduler: BackgroundScheduler, registry: CollectorRegistry, multi: bool):
+    def __init__(self, scheduler: BackgroundScheduler, registry: CollectorRegistry, multi: bool,
+                 max_response_size: int = MAX_RESPONSE_SIZE):
         self.scheduler = scheduler
         self.registry = registry
         self.multi = multi
+        self.max_response_size = max_response_size
         self.health = HealthMetrics(registry, by_organization=multi)
         self.organizations: dict[str | None, Organization] = {}
         self._applied = 0  # counts the changes of the set of organizations
@@ -114,7 +122,7 @@ class Fleet:
 
     def _add(self, config: OrganizationConfig) -> None:
         registry = CollectorRegistry(auto_describe=True) if self.multi else self.registry
-        organization = Organization(config, self.health, registry)
+        organization = Organization(config, self.health, registry, self.max_response_size)
         organization.poller.restore()
         self.organizations[config.alias] = organization
         self.scheduler.add_job(organization.poll, "interval", seconds=config.poll_interval,

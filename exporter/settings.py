@@ -69,6 +69,35 @@ def _duration_seconds(text: str) -> float:
     return total
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+MAX_SIZE = 1024**4  # far past any response; a larger value is a typo
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `65536`, `64KiB`, `16MiB`, `1.5GB`, `16Mi`, any case; KB, MB, GB are powers of 1000."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 65536, 512KiB, 16MiB)")
+    unit = (match.group(2) or "").lower()
+    if unit.endswith("ib"):
+        unit = unit[:-1]  # KiB and Ki are the same
+    if unit not in _UNIT_BYTES:  # a bare K, M, G, T: decimal or binary? ask for one or the other
+        raise ValueError(f"not a size: {text!r} (say KB or KiB, MB or MiB, GB or GiB)")
+    size = float(match.group(1)) * _UNIT_BYTES[unit]
+    if not size <= MAX_SIZE:
+        raise ValueError(f"{text.strip()!r} is above the maximum of 1TiB")
+    return int(size)
+
+
+def _response_size(text: str) -> int:
+    size = parse_size(text)
+    if size < 1024:
+        raise ValueError(f"{text.strip()!r} is below the minimum of 1KiB")
+    return size
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -216,6 +245,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("api.max-retries", "api_max_retries", _non_negative_int,
             "retries per page on 429, 5xx, timeouts and connection errors", "N",
             default="5", per_organization=True),
+    Setting("api.max-response-size", "api_max_response_size", _response_size,
+            "largest upstream response accepted, counted once decoded (gunzipped); a larger one fails the poll",
+            "SIZE", default="16MiB"),
     Setting("poll.interval", "poll_interval", parse_duration,
             f"time between polls, at least 1s (default 5m; {DEMO_POLL_INTERVAL:g}s with --demo)", "DURATION",
             derive=_poll_interval_default, check=_at_least(1, "1s"), per_organization=True),
@@ -338,6 +370,7 @@ class Settings:
     log_format: str
     demo: bool
     demo_projects: int
+    api_max_response_size: int
     admin_key: AdminKey | None  # None with --config.file, where each organization names its own
     organization_texts: Mapping[str, str]  # per-organization rows given by a flag or variable, by key
 

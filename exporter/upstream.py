@@ -12,13 +12,16 @@ import json
 import math
 import random
 import re
+import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+import certifi
 import httpx
 import orjson
 import structlog
@@ -35,10 +38,32 @@ PAGE_SIZE = 100  # the upstream maximum: the fewest round trips
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 16.0
 RETRY_AFTER_CAP = 120.0
+MAX_RESPONSE_SIZE = 16 * 1024 * 1024  # --api.max-response-size's default: hundreds of times a full page
+# httpx's own default: an idle connection older than this is not reused. A client whose polls
+# are further apart closes its connections after each poll rather than hold their descriptors.
+KEEPALIVE_EXPIRY = 5.0
 
 log = structlog.get_logger("exporter.upstream")
 # Upstream error messages may quote a masked key ("sk-admin-****abcd"); drop any such token.
 _KEY_LIKE = re.compile(r"sk-[\w*.-]{3,}")
+
+
+_ssl_context: ssl.SSLContext | None = None
+_ssl_lock = threading.Lock()
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """The one TLS context of every client: certifi's CA bundle, as httpx verifies by default.
+
+    Building a context loads the whole bundle, which costs more time and memory than
+    everything else an organization needs at start; contexts are safe to share between
+    threads and connections.
+    """
+    global _ssl_context
+    with _ssl_lock:
+        if _ssl_context is None:
+            _ssl_context = ssl.create_default_context(cafile=certifi.where())
+        return _ssl_context
 
 
 class PollError(Exception):
@@ -81,6 +106,14 @@ class Walk:
 
     projects: list[Project]
     stopped_at: int | None
+
+
+class Answer(NamedTuple):
+    """One upstream response, its body read whole and decoded."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
 
 
 class PageMemo(NamedTuple):
@@ -159,6 +192,7 @@ class ProjectsClient:
         stop: threading.Event,
         on_response: Callable[[int], None] = lambda code: None,
         concurrency: int = 1,
+        max_response_size: int = MAX_RESPONSE_SIZE,
     ):
         self._url = f"{base_url}/organization/projects"
         self._admin_key = admin_key
@@ -168,18 +202,31 @@ class ProjectsClient:
         self._stop = stop
         self._on_response = on_response
         self.concurrency = concurrency
+        self._max_response_size = max_response_size
         self._pages_before: dict[str | None, PageMemo] = {}
         self._random = random.Random()
-        self._http = httpx.Client(
-            headers={"User-Agent": f"openai-projects-exporter/{__version__}"},
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            timeout=timeout,
+        self._http = self._new_http()
+
+    def _new_http(self) -> httpx.Client:
+        # No connection is opened before the first request, and never more than the poll's chains.
+        return httpx.Client(
+            # Only the encodings _Decoded bounds; httpx would also offer br and zstd when installed.
+            headers={"User-Agent": f"openai-projects-exporter/{__version__}", "Accept-Encoding": "gzip, deflate"},
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency,
+                                keepalive_expiry=KEEPALIVE_EXPIRY),
+            timeout=self._timeout,
+            verify=shared_ssl_context(),
             follow_redirects=False,
             trust_env=False,
         )
 
     def close(self) -> None:
         self._http.close()
+
+    def release_connections(self) -> None:
+        """Close the idle connections: between polls too far apart to reuse them, they only hold descriptors."""
+        http, self._http = self._http, self._new_http()
+        http.close()
 
     def read_key(self) -> str:
         try:
@@ -265,8 +312,8 @@ class ProjectsClient:
             if remaining <= 0:
                 raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
             with poll.limiter:
-                response = self._request(params, remaining)
-            if isinstance(response, httpx.Response):
+                response = self._request(params, remaining, poll.deadline)
+            if isinstance(response, Answer):
                 if response.status_code == 200:
                     return self._page(after, response, poll)
                 failure, retry_after = _http_failure(response), _retry_after(response.headers)
@@ -293,24 +340,59 @@ class ProjectsClient:
             if self._stop.wait(delay):
                 raise PollCancelled()
 
-    def _request(self, params: Mapping[str, str | int], remaining: float) -> httpx.Response | PollError:
-        """One GET: the response, whatever its status, or the transport failure."""
+    def _request(self, params: Mapping[str, str | int], remaining: float, deadline: float) -> Answer | PollError:
+        """One GET: the response, whatever its status, or the transport failure.
+
+        A body over --api.max-response-size once decoded, or one still arriving at the poll
+        deadline, fails the poll at once (PollError raised, not returned: never retried).
+        """
         if self._stop.is_set():
             raise PollCancelled()
         # The client's own timeout unless the poll deadline is nearer: building a Timeout per
         # request adds up over the many pages of a large organization.
         timeout = remaining if remaining < self._timeout else httpx.USE_CLIENT_DEFAULT
         try:
-            response = self._http.get(self._url, params=params, timeout=timeout)
+            with self._http.stream("GET", self._url, params=params, timeout=timeout) as response:
+                body = self._read_body(response, deadline)
         except httpx.TimeoutException:
             return PollError("timeout", f"no answer within {min(remaining, self._timeout):.1f}s")
         except httpx.TransportError as exc:
             detail = redaction.scrub(_KEY_LIKE.sub("sk-***", _one_line(str(exc))))  # HTTP libraries may quote headers
             return PollError("connection", f"{type(exc).__name__}: {detail}")
         self._on_response(response.status_code)
-        return response
+        return Answer(response.status_code, response.headers, body)
 
-    def _page(self, after: str | None, response: httpx.Response, poll: PollContext) -> Page:
+    def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
+        """The body, decoded, read chunk by chunk against the size bound and the poll deadline.
+
+        The read timeout only bounds each wait for more bytes, so a body that trickles in
+        would otherwise outlast any deadline; and a body is bounded once decoded, so that a
+        small compressed one cannot inflate without limit.
+        """
+        limit, request_id = self._max_response_size, response.headers.get("x-request-id")
+        decoded = _Decoded.of(response.headers.get("content-encoding"), request_id)
+        if decoded is None and _declared_length(response.headers) > limit:
+            raise _too_large(limit, request_id)  # said up front: not worth reading
+        parts: list[bytes] = []
+        size = 0
+        for chunk in response.iter_raw():
+            if decoded is not None:
+                chunk = decoded.decompress(chunk, limit - size)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit, request_id)
+            parts.append(chunk)
+            if time.monotonic() > deadline:
+                raise PollError("timeout", "the poll deadline passed while the response was read (--poll.timeout)",
+                                request_id)
+        if decoded is not None:
+            rest = decoded.flush()
+            if size + len(rest) > limit:
+                raise _too_large(limit, request_id)
+            parts.append(rest)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _page(self, after: str | None, response: Answer, poll: PollContext) -> Page:
         """The page of a 200 answer; a body equal to the last poll's at this cursor is not parsed.
 
         Between two polls most pages come back byte for byte the same. Their projects are
@@ -335,11 +417,65 @@ class ProjectsClient:
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter, so many exporters do not retry in step."""
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0**attempt)
+        # The exponent is bounded: 2.0**attempt overflows a float past 1023 (--api.max-retries has no maximum).
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 64))
         return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
 
-def _http_failure(response: httpx.Response) -> PollError:
+def _too_large(limit: int, request_id: str | None) -> PollError:
+    return PollError("invalid_response", f"the response is larger than {limit} bytes (--api.max-response-size)",
+                     request_id)
+
+
+class _Decoded:
+    """A gzip or deflate body decoded with a bound: never more output than the room left."""
+
+    def __init__(self, wbits: int, encoding: str, request_id: str | None):
+        self._zlib = zlib.decompressobj(wbits)
+        self._encoding = encoding
+        self._request_id = request_id
+        self._started = False
+
+    @classmethod
+    def of(cls, encoding: str | None, request_id: str | None) -> _Decoded | None:
+        """The decoder of a Content-Encoding, None for none; any other encoding fails the poll."""
+        name = (encoding or "identity").strip().lower()
+        if name == "identity":
+            return None
+        if name in ("gzip", "x-gzip"):
+            return cls(zlib.MAX_WBITS | 16, name, request_id)
+        if name == "deflate":
+            return cls(zlib.MAX_WBITS, name, request_id)
+        raise PollError("invalid_response", f"unsupported Content-Encoding {_one_line(name, 40)!r}", request_id)
+
+    def decompress(self, data: bytes, room: int) -> bytes:
+        """`data` decoded, stopping one byte past `room`: more than `room` bytes means too large."""
+        try:
+            out = self._zlib.decompress(data, room + 1)  # a max_length of 0 would mean no bound
+        except zlib.error:
+            if self._started or self._encoding != "deflate":
+                raise PollError("invalid_response", f"the {self._encoding} body is corrupt", self._request_id) from None
+            # "deflate" is meant to be zlib-wrapped, but some servers send it raw, as httpx allows.
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._started = True
+            return self.decompress(data, room)
+        self._started = True
+        return out
+
+    def flush(self) -> bytes:
+        # Each decompress() above that stayed within its bound consumed all of its input, so
+        # zlib holds next to nothing here.
+        return self._zlib.flush()
+
+
+def _declared_length(headers: httpx.Headers) -> int:
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:  # h11 checks it; whatever gets past is left to the counted read
+        return 0
+
+
+def _http_failure(response: Answer) -> PollError:
     status, request_id = response.status_code, response.headers.get("x-request-id")
     detail = _upstream_message(response.content)
     if status in (401, 403):
@@ -355,7 +491,7 @@ def _http_failure(response: httpx.Response) -> PollError:
 def _upstream_message(body: bytes) -> str:
     try:
         message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         message = None
     if not isinstance(message, str) or not message:
         return "no error message"
@@ -399,13 +535,17 @@ class _Invalid(Exception):
     pass
 
 
-def parse_page(body: bytes, request_id: str | None = None) -> Page:
-    """A ProjectListResponse, tolerant of unknown and missing optional fields."""
+def parse_page(body: bytes, request_id: str | None = None, limit: int = PAGE_SIZE) -> Page:
+    """A ProjectListResponse of at most `limit` projects, tolerant of unknown and missing optional fields."""
     try:
         document = orjson.loads(body)  # faster than json; a large organization's poll parses many pages
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # json would refuse it too, after a deep recursion of its own
+            raise PollError("invalid_response", "the response is nested too deeply", request_id) from None
         try:
             document = json.loads(body)  # also takes lone surrogate escapes, which orjson refuses
+        except RecursionError:
+            raise PollError("invalid_response", "the response is nested too deeply", request_id) from None
         except ValueError:
             raise PollError("invalid_response", "the response is not JSON", request_id) from None
     try:
@@ -414,6 +554,8 @@ def parse_page(body: bytes, request_id: str | None = None) -> Page:
         data = document.get("data")
         if not isinstance(data, list):
             raise _Invalid("`data` is not a list")
+        if len(data) > limit:  # before building any project: an endless list must not fill the heap
+            raise _Invalid(f"the page holds {len(data)} projects, more than the {limit} asked for")
         has_more = document.get("has_more")
         if not isinstance(has_more, bool):
             raise _Invalid("`has_more` is not a boolean")

@@ -8,14 +8,16 @@ renders the table as docs/fault-matrix.md.
 
 from __future__ import annotations
 
+import functools
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.simulator import OrganizationServer, Request, Response
 from tests.support.keys import KEY
 from tests.support.metrics import Metrics
-from tests.support.upstream import Fault, error, every_request, later_pages, ok, real_document, transform
+from tests.support.upstream import Fault, error, every_request, later_pages, ok, project, real_document, transform
 
 # The settings the matrix runs with; the bounds below follow from them.
 POLL_INTERVAL = 1.0
@@ -235,6 +237,50 @@ def _forbidden(server: OrganizationServer, request: Request, n: int) -> Response
         "You have insufficient permissions for this operation. Missing scopes: api.management.read.",
         code="insufficient_permissions",
     )
+
+
+# -- bodies past the exporter's bounds: --api.max-response-size (16MiB by default), the limit
+# asked for, the nesting a JSON parser takes. Each is valid JSON that an unbounded client reads.
+OVERSIZED_BODY = 17 * 1024 * 1024  # just past the default bound
+BOMB_INFLATED = 64 * 1024 * 1024
+
+
+def _oversized(server, request, n):
+    """The real page, then whitespace up to 17 MiB: valid JSON, declared in Content-Length."""
+    body = json.dumps(real_document(server, request)).encode()
+    return Response(200, body + b" " * (OVERSIZED_BODY - len(body)))
+
+
+@functools.cache
+def _bomb_padding() -> tuple[bytes, zlib._Compress]:
+    """64 MiB of spaces, gzipped once: the bytes so far and the compressor to go on from."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = b" " * (1 << 20)
+    head = b"".join(compressor.compress(block) for _ in range(BOMB_INFLATED >> 20))
+    return head, compressor
+
+
+def _gzip_bomb(server, request, n):
+    """Leading whitespace then the real page, gzipped: 64 MiB once inflated, about 65 KB sent."""
+    head, compressor = _bomb_padding()
+    compressor = compressor.copy()
+    body = head + compressor.compress(json.dumps(real_document(server, request)).encode()) + compressor.flush()
+    return Response(200, body, {"Content-Encoding": "gzip"})
+
+
+def _endless_oversized_pages(server, request, n):
+    """10,000 projects no page listed before, and `has_more` always."""
+    items = [project(f"proj_flood_{n}_{i}", 1_700_000_000 + i) for i in range(10_000)]
+    return ok(
+        {"object": "list", "data": items, "first_id": items[0]["id"], "last_id": items[-1]["id"], "has_more": True}
+    )
+
+
+DEPTH = 100_000
+
+
+def _deeply_nested(server, request, n):
+    return Response(200, b'{"object": "list", "data": ' + b"[" * DEPTH + b"]" * DEPTH + b', "has_more": false}')
 
 
 ROWS: list[FaultRow] = [
@@ -482,6 +528,43 @@ ROWS: list[FaultRow] = [
         requests=(3, 3),
         served=_served_unicode,
         changes=_unicode_changes,
+    ),
+    # -- bodies past the exporter's bounds: refused as they are read, never retried
+    FaultRow(
+        "body-over-max-size",
+        "page 2 is a valid page padded with whitespace to 17 MiB, past `--api.max-response-size` (16MiB)",
+        later_pages(_oversized),
+        ok=False,
+        reason="invalid_response",
+        message="larger than 16777216 bytes",
+        requests=(2, 2),
+    ),
+    FaultRow(
+        "gzip-bomb",
+        "page 2 is gzip of 65 KB that inflates to 64 MiB of a valid page",
+        later_pages(_gzip_bomb),
+        ok=False,
+        reason="invalid_response",
+        message="larger than 16777216 bytes",
+        requests=(2, 2),
+    ),
+    FaultRow(
+        "page-over-limit",
+        "pages 2 on hold 10,000 new projects each, more than the 100 asked for, and say `has_more`",
+        later_pages(_endless_oversized_pages),
+        ok=False,
+        reason="invalid_response",
+        message="more than the 100 asked for",
+        requests=(2, 2),
+    ),
+    FaultRow(
+        "deeply-nested-json",
+        f"page 2's `data` is arrays nested {DEPTH:,} deep",
+        later_pages(_deeply_nested),
+        ok=False,
+        reason="invalid_response",
+        message="nested too deeply",
+        requests=(2, 2),
     ),
 ]
 ROW_IDS = [row.id for row in ROWS]
