@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     taken = {(mode, gzip): [] for mode in MODES for gzip in (False, True)}
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp, \
-                measure.upstream("bench", args.projects) as (_, base_url):
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+            measure.upstream("bench", args.projects) as (_, base_url),
+        ):
             exporter, port = measure.start_exporter(base_url, "1h")
             exporter.wait_event("poll_succeeded", timeout=120 + args.projects / 200, fail_on="poll_failed")
             with Scraper(port) as scraper:
@@ -72,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         stop_all()
-    print(f"{os.cpu_count()} cores; N={args.projects:,}; static floor; median ms over "
-          f"{args.rounds * args.scrapes} scrapes per cell (ratio to quiet)\n")
+    print(
+        f"{os.cpu_count()} cores; N={args.projects:,}; static floor; median ms over "
+        f"{args.rounds * args.scrapes} scrapes per cell (ratio to quiet)\n"
+    )
     print("| busy loop beside it | identity | gzip |\n|---|---|---|")
     quiet = {gzip: statistics.median(taken["quiet", gzip]) for gzip in (False, True)}
     for mode in MODES:

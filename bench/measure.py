@@ -26,8 +26,9 @@ ADMIN_KEY = "sk-admin-bench-0000"
 EXPORTER_SRC = REPO
 UPSTREAMS = {"bench": ["bench/upstream.py"], "simulator": ["-m", "exporter.simulator"]}
 _REQUESTS = re.compile(rb"^openai_api_requests_total\{[^}]*\} ([0-9.e+]+)$", re.M)
-_PROJECT_SERIES = re.compile(rb"^openai_project_(?:info|created_timestamp_seconds|archived_timestamp_seconds)\{.*$",
-                             re.M)
+_PROJECT_SERIES = re.compile(
+    rb"^openai_project_(?:info|created_timestamp_seconds|archived_timestamp_seconds)\{.*$", re.M
+)
 
 
 def _log_time(record: dict) -> float:
@@ -49,11 +50,22 @@ def project_series(body: bytes) -> dict:
 
 @contextmanager
 def upstream(kind: str, projects: int, page_delay: float = 0.0):
-    proc = python(f"upstream[{kind},{projects}]", *UPSTREAMS[kind], "--listen", "127.0.0.1:0",
-                  "--projects", str(projects), "--admin-key", ADMIN_KEY, "--page-delay", str(page_delay))
+    proc = python(
+        f"upstream[{kind},{projects}]",
+        *UPSTREAMS[kind],
+        "--listen",
+        "127.0.0.1:0",
+        "--projects",
+        str(projects),
+        "--admin-key",
+        ADMIN_KEY,
+        "--page-delay",
+        str(page_delay),
+    )
     try:
         _, ready = proc.wait_event(
-            "upstream_listening" if kind == "bench" else "simulator_listening", timeout=60 + projects / 1000)
+            "upstream_listening" if kind == "bench" else "simulator_listening", timeout=60 + projects / 1000
+        )
         yield proc, ready["base_url"]
     finally:
         proc.stop()
@@ -64,11 +76,18 @@ def read_only(up: Proc, base_url: str, runs: int, timeout: float) -> dict:
     results, upstream_cpu = [], []
     for _ in range(runs):
         before = up.cpu_seconds()
-        results.append(run_json("read-only-client", ["bench/read_only_client.py", "--base-url", base_url,
-                                                     "--admin-key", ADMIN_KEY], timeout))
+        results.append(
+            run_json(
+                "read-only-client",
+                ["bench/read_only_client.py", "--base-url", base_url, "--admin-key", ADMIN_KEY],
+                timeout,
+            )
+        )
         upstream_cpu.append((up.cpu_seconds() - before) / results[-1]["pages"])
     return {
-        "runs": runs, "pages": results[0]["pages"], "page_bytes": results[0]["bytes"],
+        "runs": runs,
+        "pages": results[0]["pages"],
+        "page_bytes": results[0]["bytes"],
         "cpu_s": statistics.median(r["cpu_s"] for r in results),
         "wall_s": statistics.median(r["wall_s"] for r in results),
         "upstream_cpu_ms_per_page": statistics.median(upstream_cpu) * 1000,
@@ -80,10 +99,24 @@ def read_only(up: Proc, base_url: str, runs: int, timeout: float) -> dict:
 
 def start_exporter(base_url: str, interval: str, *extra: str) -> tuple[Proc, int]:
     # info, not warning: the poll_succeeded lines time each poll without scraping /metrics.
-    proc = python("exporter", "-m", "exporter", "--api.base-url", base_url,
-                  "--web.listen-address", "127.0.0.1:0", "--poll.interval", interval,
-                  "--log.level", "info", "--log.format", "json", *extra,
-                  env={"OPENAI_ADMIN_KEY": ADMIN_KEY}, cwd=EXPORTER_SRC)
+    proc = python(
+        "exporter",
+        "-m",
+        "exporter",
+        "--api.base-url",
+        base_url,
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--poll.interval",
+        interval,
+        "--log.level",
+        "info",
+        "--log.format",
+        "json",
+        *extra,
+        env={"OPENAI_ADMIN_KEY": ADMIN_KEY},
+        cwd=EXPORTER_SRC,
+    )
     _, started = proc.wait_event("exporter_started", timeout=60)
     return proc, int(started["listen"].rpartition(":")[2])
 
@@ -126,15 +159,20 @@ def scrape_alternately(servers: list[tuple[Proc, int]], count: int, gzip: bool, 
                 if before and after:
                     cpu_each[k].append(cpu_ns_between(before, after) / 1e6)
             order.reverse()
-        series_cpu = [proc.cpu_seconds() - before for (proc, _), before in zip(servers, series_cpu)]
+        series_cpu = [proc.cpu_seconds() - before for (proc, _), before in zip(servers, series_cpu, strict=True)]
     finally:
         for scraper in scrapers:
             scraper.close()
     figures = []
-    for scrapes, each, seconds in zip(taken, cpu_each, series_cpu):
+    for scrapes, each, seconds in zip(taken, cpu_each, series_cpu, strict=True):
         if len(each) == count:
-            figures.append({**summary(scrapes), "server_cpu_ms_per_scrape": statistics.median(each),
-                            "server_cpu_ms_each": [round(ms, 4) for ms in each]})
+            figures.append(
+                {
+                    **summary(scrapes),
+                    "server_cpu_ms_per_scrape": statistics.median(each),
+                    "server_cpu_ms_each": [round(ms, 4) for ms in each],
+                }
+            )
         else:
             figures.append({**summary(scrapes), "server_cpu_ms_per_scrape": seconds / count * 1000})
     return figures
@@ -143,7 +181,9 @@ def scrape_alternately(servers: list[tuple[Proc, int]], count: int, gzip: bool, 
 def cpu_over(first: dict, second: dict) -> float:
     """Server CPU per scrape of `first` over `second`: the median of scrape-by-scrape differences."""
     if "server_cpu_ms_each" in first and "server_cpu_ms_each" in second:
-        return statistics.median(a - b for a, b in zip(first["server_cpu_ms_each"], second["server_cpu_ms_each"]))
+        return statistics.median(
+            a - b for a, b in zip(first["server_cpu_ms_each"], second["server_cpu_ms_each"], strict=False)
+        )
     return first["server_cpu_ms_per_scrape"] - second["server_cpu_ms_per_scrape"]
 
 
@@ -171,8 +211,13 @@ def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> 
             gzip = scrape_alternately(both, scrapes, gzip=True)
             floor_memory = floor.memory()
         result = {
-            "cold_poll": {"fetch_wall_s": done["duration"], "published_wall_s": _log_time(done) - started_at,
-                          "cpu_s": cpu_done - cpu_start, "pages": done["pages"], "requests": _requests(body)},
+            "cold_poll": {
+                "fetch_wall_s": done["duration"],
+                "published_wall_s": _log_time(done) - started_at,
+                "cpu_s": cpu_done - cpu_start,
+                "pages": done["pages"],
+                "requests": _requests(body),
+            },
             "memory_after_poll": memory_after_poll,
             "identity": identity[0],
             "gzip": gzip[0],
@@ -187,8 +232,16 @@ def exporter_idle(base_url: str, projects: int, scrapes: int, workdir: Path) -> 
 @contextmanager
 def start_floor(workdir: Path):
     """The static floor serving the bodies in `workdir`; yields (process, port)."""
-    proc = python("static-server", "bench/static_server.py", "--identity", str(workdir / "identity"),
-                  "--gzip", str(workdir / "gzip"), "--listen", "127.0.0.1:0")
+    proc = python(
+        "static-server",
+        "bench/static_server.py",
+        "--identity",
+        str(workdir / "identity"),
+        "--gzip",
+        str(workdir / "gzip"),
+        "--listen",
+        "127.0.0.1:0",
+    )
     try:
         _, ready = proc.wait_event("static_listening", timeout=60)
         yield proc, ready["port"]
@@ -209,8 +262,9 @@ def _inside(scrape: Scrape, windows: list[tuple[float, float]]) -> bool:
     return any(start <= scrape.started and scrape.ended <= end for start, end in windows)
 
 
-def _alternate_scrapes(port: int, exporter: Proc, enough, time_limit: float,
-                       pause=lambda: 0.0) -> dict[bool, list[Scrape]]:
+def _alternate_scrapes(
+    port: int, exporter: Proc, enough, time_limit: float, pause=lambda: 0.0
+) -> dict[bool, list[Scrape]]:
     """Plain then gzip scrapes of `port`, `pause()` seconds after each pair, until
     `enough(scrapes of one encoding, poll windows of exporter)` holds for both encodings."""
     taken: dict[bool, list[Scrape]] = {False: [], True: []}
@@ -228,19 +282,28 @@ def _alternate_scrapes(port: int, exporter: Proc, enough, time_limit: float,
 
 def _scrape_during_polls(port: int, exporter: Proc, wanted: int, time_limit: float) -> dict:
     """Back-to-back plain and gzip scrapes of `port` until `wanted` of each fell inside a poll of `exporter`."""
-    taken = _alternate_scrapes(port, exporter, lambda scrapes, windows: sum(_inside(s, windows) for s in scrapes)
-                               >= wanted, time_limit)
+    taken = _alternate_scrapes(
+        port, exporter, lambda scrapes, windows: sum(_inside(s, windows) for s in scrapes) >= wanted, time_limit
+    )
     windows = _poll_windows(exporter)
     during = {g: [s for s in taken[g] if _inside(s, windows)] for g in taken}
     # What the scrapes cost the polls: the exporter's polls step aside for scrapes in flight.
     began, ended = taken[False][0].started, taken[True][-1].ended
-    polls = [r for _, r in exporter.events("poll_succeeded")
-             if began <= _log_time(r) - r["duration"] and _log_time(r) <= ended]
-    return {"identity": summary(during[False]), "gzip": summary(during[True]),
-            "scrapes_taken": len(taken[False]) + len(taken[True]),
-            "polls": {"n": len(polls),
-                      "wall_s": statistics.median(r["duration"] for r in polls) if polls else None,
-                      "paused_s": statistics.median(r.get("paused_for_scrapes", 0) for r in polls) if polls else None}}
+    polls = [
+        r
+        for _, r in exporter.events("poll_succeeded")
+        if began <= _log_time(r) - r["duration"] and _log_time(r) <= ended
+    ]
+    return {
+        "identity": summary(during[False]),
+        "gzip": summary(during[True]),
+        "scrapes_taken": len(taken[False]) + len(taken[True]),
+        "polls": {
+            "n": len(polls),
+            "wall_s": statistics.median(r["duration"] for r in polls) if polls else None,
+            "paused_s": statistics.median(r.get("paused_for_scrapes", 0) for r in polls) if polls else None,
+        },
+    }
 
 
 def exporter_paced(base_url: str, projects: int, warm_wall_s: float, wanted: int, time_limit: float) -> dict:
@@ -257,13 +320,20 @@ def exporter_paced(base_url: str, projects: int, warm_wall_s: float, wanted: int
     pause = random.Random(7)
     try:
         proc.wait_event("poll_succeeded", 1, timeout=120 + projects / 200, fail_on="poll_failed")
-        taken = _alternate_scrapes(port, proc, lambda scrapes, windows: min(map(len, _split(scrapes, windows)))
-                                   >= wanted, time_limit, pause=lambda: pause.uniform(0, 0.02))
+        taken = _alternate_scrapes(
+            port,
+            proc,
+            lambda scrapes, windows: min(map(len, _split(scrapes, windows))) >= wanted,
+            time_limit,
+            pause=lambda: pause.uniform(0, 0.02),
+        )
         windows = _poll_windows(proc)
         split = {gzip: _split(scrapes, windows) for gzip, scrapes in taken.items()}
-        return {"interval_s": interval,
-                "during": {"identity": summary(split[False][0]), "gzip": summary(split[True][0])},
-                "between": {"identity": summary(split[False][1]), "gzip": summary(split[True][1])}}
+        return {
+            "interval_s": interval,
+            "during": {"identity": summary(split[False][0]), "gzip": summary(split[True][0])},
+            "between": {"identity": summary(split[False][1]), "gzip": summary(split[True][1])},
+        }
     finally:
         proc.stop()
 
@@ -275,13 +345,22 @@ def _split(scrapes: list[Scrape], windows: list[tuple[float, float]]) -> tuple[l
     return inside, clear
 
 
-def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, warm_polls: int,
-                  busy_scrapes: int, time_limit: float, workdir: Path) -> tuple[dict, dict]:
+def exporter_busy(
+    up: Proc,
+    base_url: str,
+    projects: int,
+    cold_wall_s: float,
+    warm_polls: int,
+    busy_scrapes: int,
+    time_limit: float,
+    workdir: Path,
+) -> tuple[dict, dict]:
     """Warm polls, each followed by a run of the read-only client; then scrapes during polls.
 
     The exporter polls every ~2.5 cold polls, so that after each warm poll the read-only
     client walks the same pages midway through the gap: the poll CPU and its floor are taken
-    in turns, each after a quiet moment, and the host's drift hits both alike. Steady memory is read after each warm poll.
+    in turns, each after a quiet moment, and the host's drift hits both alike. Steady memory is
+    read after each warm poll.
     As a control, the static floor (a separate process) is then scraped during the same
     exporter's polls: it shows what the machine alone does to a scrape while a poll runs.
     Returns the exporter's figures and the read-only client's.
@@ -301,7 +380,7 @@ def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, wa
             gap = interval - done["duration"] - (client[-1]["wall_s"] if client else done["duration"])
             time.sleep(max(0.0, gap / 2 - (time.time() - _log_time(done))))
             client.append(read_only(up, base_url, 1, timeout=wait))
-        warm_cpu = [b - a for a, b in zip(cpu, cpu[1:])]
+        warm_cpu = [b - a for a, b in zip(cpu, cpu[1:], strict=False)]
         peak_without_scrapes = proc.memory()["peak_mib"]
 
         during = _scrape_during_polls(port, proc, busy_scrapes, time_limit)
@@ -310,9 +389,12 @@ def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, wa
             floor_during = _scrape_during_polls(floor_port, proc, busy_scrapes, time_limit)
         return {
             "interval_s": interval,
-            "warm_poll": {"fetch_wall_s": statistics.median(p["duration"] for p in polls),
-                          "cpu_s": statistics.median(warm_cpu), "cpu_each_s": warm_cpu,
-                          "pages": polls[-1]["pages"]},
+            "warm_poll": {
+                "fetch_wall_s": statistics.median(p["duration"] for p in polls),
+                "cpu_s": statistics.median(warm_cpu),
+                "cpu_each_s": warm_cpu,
+                "pages": polls[-1]["pages"],
+            },
             "rss_after_each_poll_mib": rss,
             "steady_rss_mib": statistics.median(rss[1:]),
             "peak_without_scrapes_mib": peak_without_scrapes,
@@ -321,9 +403,13 @@ def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, wa
             "static_during_poll": floor_during,
             "memory": memory,
         }, {
-            "runs": len(client), "pages": client[0]["pages"], "page_bytes": client[0]["page_bytes"],
-            **{key: statistics.median(c[key] for c in client)
-               for key in ("cpu_s", "wall_s", "upstream_cpu_ms_per_page")},
+            "runs": len(client),
+            "pages": client[0]["pages"],
+            "page_bytes": client[0]["page_bytes"],
+            **{
+                key: statistics.median(c[key] for c in client)
+                for key in ("cpu_s", "wall_s", "upstream_cpu_ms_per_page")
+            },
         }
     finally:
         proc.stop()
@@ -333,16 +419,32 @@ def exporter_busy(up: Proc, base_url: str, projects: int, cold_wall_s: float, wa
 
 
 def plain_exporter(base_url: str, projects: int, scrapes: int, polls: int) -> dict:
-    proc = python("plain-exporter", "bench/plain_exporter.py", "--base-url", base_url,
-                  "--admin-key", ADMIN_KEY, "--listen", "127.0.0.1:0", "--polls", str(polls))
+    proc = python(
+        "plain-exporter",
+        "bench/plain_exporter.py",
+        "--base-url",
+        base_url,
+        "--admin-key",
+        ADMIN_KEY,
+        "--listen",
+        "127.0.0.1:0",
+        "--polls",
+        str(polls),
+    )
     try:
         _, ready = proc.wait_event("plain_listening", timeout=120 + polls * projects / 100)
         port = ready["port"]
-        return {"poll": {"wall_s": ready["poll_wall_s"], "cpu_s": ready["poll_cpu_s"],
-                         "requests": ready["requests"], "polls": polls},
-                "identity": scrape_series(proc, port, scrapes, gzip=False, warmup=1),
-                "gzip": scrape_series(proc, port, scrapes, gzip=True, warmup=1),
-                "memory": proc.memory()}
+        return {
+            "poll": {
+                "wall_s": ready["poll_wall_s"],
+                "cpu_s": ready["poll_cpu_s"],
+                "requests": ready["requests"],
+                "polls": polls,
+            },
+            "identity": scrape_series(proc, port, scrapes, gzip=False, warmup=1),
+            "gzip": scrape_series(proc, port, scrapes, gzip=True, warmup=1),
+            "memory": proc.memory(),
+        }
     finally:
         proc.stop()
 
@@ -352,8 +454,7 @@ def plain_exporter(base_url: str, projects: int, scrapes: int, polls: int) -> di
 
 def two_polls(base_url: str, concurrency: int, pages: int, rtt: float) -> dict:
     """First (cold) and second poll of one exporter at `--poll.concurrency`, and its snapshot."""
-    proc, port = start_exporter(base_url, "1s", "--poll.timeout", "30m",
-                                "--poll.concurrency", str(concurrency))
+    proc, port = start_exporter(base_url, "1s", "--poll.timeout", "30m", "--poll.concurrency", str(concurrency))
     wait = 120 + 3 * pages * (rtt + 0.005)
     try:
         _, first = proc.wait_event("poll_succeeded", 1, timeout=wait, fail_on="poll_failed")
@@ -362,11 +463,17 @@ def two_polls(base_url: str, concurrency: int, pages: int, rtt: float) -> dict:
         cpu_second = proc.cpu_seconds()
         with Scraper(port) as scraper:
             _, body = scraper.get()
-        return {"concurrency": concurrency,
-                "first_poll": {"fetch_wall_s": first["duration"], "pages": first["pages"]},
-                "second_poll": {"fetch_wall_s": second["duration"], "pages": second["pages"],
-                                "cpu_s": cpu_second - cpu_first},
-                "snapshot": project_series(body), "memory": proc.memory()}
+        return {
+            "concurrency": concurrency,
+            "first_poll": {"fetch_wall_s": first["duration"], "pages": first["pages"]},
+            "second_poll": {
+                "fetch_wall_s": second["duration"],
+                "pages": second["pages"],
+                "cpu_s": cpu_second - cpu_first,
+            },
+            "snapshot": project_series(body),
+            "memory": proc.memory(),
+        }
     finally:
         proc.stop()
 
@@ -375,5 +482,14 @@ def workdir():
     return tempfile.TemporaryDirectory(prefix="bench-")
 
 
-__all__ = ["BenchError", "upstream", "read_only", "exporter_idle", "exporter_busy", "exporter_paced",
-           "plain_exporter", "two_polls", "workdir"]
+__all__ = [
+    "BenchError",
+    "upstream",
+    "read_only",
+    "exporter_idle",
+    "exporter_busy",
+    "exporter_paced",
+    "plain_exporter",
+    "two_polls",
+    "workdir",
+]

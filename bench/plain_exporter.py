@@ -19,10 +19,12 @@ import time
 import httpx
 from prometheus_client import Gauge, start_http_server
 
-INFO = Gauge("openai_project_info", "Project metadata; always 1.",
-             ["project_id", "name", "status", "external_key_id", "residency"])
-CREATED = Gauge("openai_project_created_timestamp_seconds", "Unix time the project was created.",
-                ["project_id"])
+INFO = Gauge(
+    "openai_project_info",
+    "Project metadata; always 1.",
+    ["project_id", "name", "status", "external_key_id", "residency"],
+)
+CREATED = Gauge("openai_project_created_timestamp_seconds", "Unix time the project was created.", ["project_id"])
 
 
 def poll(base_url: str, admin_key: str) -> int:
@@ -39,8 +41,13 @@ def poll(base_url: str, admin_key: str) -> int:
             response.raise_for_status()
             page = response.json()
             for project in page["data"]:
-                INFO.labels(project["id"], project.get("name") or "", project.get("status") or "",
-                            project.get("external_key_id") or "", project.get("residency") or "").set(1)
+                INFO.labels(
+                    project["id"],
+                    project.get("name") or "",
+                    project.get("status") or "",
+                    project.get("external_key_id") or "",
+                    project.get("residency") or "",
+                ).set(1)
                 CREATED.labels(project["id"]).set(project["created_at"])
             if not page["has_more"]:
                 return requests
@@ -52,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--admin-key", required=True)
     parser.add_argument("--listen", default="127.0.0.1:0")
-    parser.add_argument("--polls", type=int, default=1,
-                        help="polls before serving: later ones update the same children, as a long-running exporter does")
+    parser.add_argument(
+        "--polls",
+        type=int,
+        default=1,
+        help="polls before serving: later ones update the same children, as a long-running exporter does",
+    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     cpu, wall = time.process_time(), time.perf_counter()
@@ -64,9 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(json.dumps({"event": "plain_listening", "port": server.server_address[1], "requests": requests,
-                      "poll_cpu_s": poll_cpu, "poll_wall_s": poll_wall,
-                      "polls": args.polls}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "plain_listening",
+                "port": server.server_address[1],
+                "requests": requests,
+                "poll_cpu_s": poll_cpu,
+                "poll_wall_s": poll_wall,
+                "polls": args.polls,
+            }
+        ),
+        flush=True,
+    )
     try:
         while not stop.wait(1.0):
             pass

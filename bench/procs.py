@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
-_running: list["Proc"] = []
+_running: list[Proc] = []
 
 
 def cpu_ns_between(before: dict[str, int], after: dict[str, int]) -> int:
@@ -56,9 +56,17 @@ class Proc:
         self.stderr: list[str] = []
         self._cond = threading.Condition()
         self.popen = subprocess.Popen(
-            argv, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-            start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         _running.append(self)
         for stream, sink in ((self.popen.stdout, self.lines), (self.popen.stderr, None)):
@@ -96,8 +104,9 @@ class Proc:
                 found.append((line.at, record))
         return found
 
-    def wait_event(self, name: str, count: int = 1, timeout: float = 60.0,
-                   fail_on: str | None = None) -> tuple[float, dict]:
+    def wait_event(
+        self, name: str, count: int = 1, timeout: float = 60.0, fail_on: str | None = None
+    ) -> tuple[float, dict]:
         """The `count`-th JSON line whose event is `name`.
 
         BenchError after `timeout`, if the child exits, or as soon as an event `fail_on` appears.
@@ -110,8 +119,9 @@ class Proc:
             if fail_on and (failed := self.events(fail_on)):
                 raise BenchError(f"{self.name}: {fail_on}: {json.dumps(failed[-1][1])[:500]}")
             if self.popen.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.popen.returncode} before {name!r} #{count}: "
-                                 f"{self.tail()}")
+                raise BenchError(
+                    f"{self.name} exited with {self.popen.returncode} before {name!r} #{count}: {self.tail()}"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BenchError(f"{self.name}: no {name!r} #{count} within {timeout:.0f}s: {self.tail()}")
@@ -120,7 +130,7 @@ class Proc:
 
     def tail(self) -> str:
         with self._cond:
-            return " | ".join((self.stderr or [l.text for l in self.lines])[-5:])[:1500]
+            return " | ".join((self.stderr or [line.text for line in self.lines])[-5:])[:1500]
 
     # -- /proc ----------------------------------------------------------------------
 
@@ -184,7 +194,7 @@ class Proc:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Proc":
+    def __enter__(self) -> Proc:
         return self
 
     def __exit__(self, *exc) -> None:

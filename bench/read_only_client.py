@@ -24,7 +24,8 @@ def walk(base_url: str, admin_key: str) -> dict:
     client = httpx.Client(
         headers={"User-Agent": "bench-read-only-client", "Authorization": f"Bearer {admin_key}"},
         limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-        follow_redirects=False, trust_env=False,
+        follow_redirects=False,
+        trust_env=False,
     )
     url = f"{base_url}/organization/projects"
     pages = size = 0
@@ -44,9 +45,8 @@ def walk(base_url: str, admin_key: str) -> dict:
             if b'"has_more": true' not in tail:
                 break
             start = tail.rindex(_LAST_ID) + len(_LAST_ID)
-            after = tail[start:tail.index(b'"', start)].decode()
-    return {"pages": pages, "bytes": size, "cpu_s": time.process_time() - cpu,
-            "wall_s": time.perf_counter() - wall}
+            after = tail[start : tail.index(b'"', start)].decode()
+    return {"pages": pages, "bytes": size, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import measure
@@ -42,31 +42,52 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         commit = ""
-    return {"cpu_count": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 def bench_size(n: int, args: argparse.Namespace, log) -> dict:
     result = {}
     with measure.upstream(args.upstream, n) as (up, base_url), measure.workdir() as tmp:
-        log(f"N={n:,}: exporter, cold poll, then {args.scrapes} idle scrapes per encoding of it and, "
-            f"in turns, of the static floor")
+        log(
+            f"N={n:,}: exporter, cold poll, then {args.scrapes} idle scrapes per encoding of it and, "
+            f"in turns, of the static floor"
+        )
         result["exporter"], result["static"] = measure.exporter_idle(base_url, n, args.scrapes, Path(tmp))
-        log(f"N={n:,}: exporter, {args.warm_polls} warm polls, each followed by the httpx read-only client, "
-            f"then scrapes during polls (and of the floor)")
+        log(
+            f"N={n:,}: exporter, {args.warm_polls} warm polls, each followed by the httpx read-only client, "
+            f"then scrapes during polls (and of the floor)"
+        )
         result["busy"], result["read_only"] = measure.exporter_busy(
-            up, base_url, n, result["exporter"]["cold_poll"]["fetch_wall_s"], args.warm_polls, args.busy_scrapes,
-            args.busy_seconds, Path(tmp))
+            up,
+            base_url,
+            n,
+            result["exporter"]["cold_poll"]["fetch_wall_s"],
+            args.warm_polls,
+            args.busy_scrapes,
+            args.busy_seconds,
+            Path(tmp),
+        )
         log(f"N={n:,}: exporter, scrapes at random moments, during polls and between them")
-        result["paced"] = measure.exporter_paced(base_url, n, result["busy"]["warm_poll"]["fetch_wall_s"],
-                                                 args.busy_scrapes, args.busy_seconds)
-        log(f"N={n:,}: plain prometheus_client exporter, {args.plain_polls} polls, "
-            f"{args.plain_scrapes} scrapes per encoding")
+        result["paced"] = measure.exporter_paced(
+            base_url, n, result["busy"]["warm_poll"]["fetch_wall_s"], args.busy_scrapes, args.busy_seconds
+        )
+        log(
+            f"N={n:,}: plain prometheus_client exporter, {args.plain_polls} polls, "
+            f"{args.plain_scrapes} scrapes per encoding"
+        )
         result["plain"] = measure.plain_exporter(base_url, n, args.plain_scrapes, args.plain_polls)
     return result
 
@@ -82,28 +103,51 @@ def bench_concurrency(args: argparse.Namespace, log) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="N = 1,000 and 10,000 only, and no RTT part")
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated project counts")
     parser.add_argument("--scrapes", type=int, default=100, help="timed scrapes per figure (exporter, floor)")
-    parser.add_argument("--plain-scrapes", type=int, default=30,
-                        help="timed scrapes per figure for the plain exporter (seconds each at N=100,000)")
-    parser.add_argument("--busy-scrapes", type=int, default=30,
-                        help="scrapes per encoding that must fall inside a running poll")
-    parser.add_argument("--busy-seconds", type=float, default=30,
-                        help="time limit for those scrapes, per server (at small N polls last milliseconds)")
-    parser.add_argument("--warm-polls", type=int, default=5,
-                        help="polls after the first, timed without scrapes; steady RSS is the median after them")
+    parser.add_argument(
+        "--plain-scrapes",
+        type=int,
+        default=30,
+        help="timed scrapes per figure for the plain exporter (seconds each at N=100,000)",
+    )
+    parser.add_argument(
+        "--busy-scrapes", type=int, default=30, help="scrapes per encoding that must fall inside a running poll"
+    )
+    parser.add_argument(
+        "--busy-seconds",
+        type=float,
+        default=30,
+        help="time limit for those scrapes, per server (at small N polls last milliseconds)",
+    )
+    parser.add_argument(
+        "--warm-polls",
+        type=int,
+        default=5,
+        help="polls after the first, timed without scrapes; steady RSS is the median after them",
+    )
     parser.add_argument("--plain-polls", type=int, default=3, help="polls of the plain exporter before it serves")
-    parser.add_argument("--rtt", type=float, default=0.1,
-                        help="seconds per page for the concurrent-paging part; 0 skips it")
+    parser.add_argument(
+        "--rtt", type=float, default=0.1, help="seconds per page for the concurrent-paging part; 0 skips it"
+    )
     parser.add_argument("--rtt-projects", type=int, default=100_000)
     parser.add_argument("--chains", type=int, default=8, help="--poll.concurrency of the concurrent run")
-    parser.add_argument("--upstream", choices=sorted(measure.UPSTREAMS), default="bench",
-                        help="bench: pre-serialised pages (bench/upstream.py); simulator: python -m exporter.simulator")
-    parser.add_argument("--exporter-src", type=Path, default=REPO,
-                        help="directory holding the exporter package to run (e.g. an exported older commit)")
+    parser.add_argument(
+        "--upstream",
+        choices=sorted(measure.UPSTREAMS),
+        default="bench",
+        help="bench: pre-serialised pages (bench/upstream.py); simulator: python -m exporter.simulator",
+    )
+    parser.add_argument(
+        "--exporter-src",
+        type=Path,
+        default=REPO,
+        help="directory holding the exporter package to run (e.g. an exported older commit)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/...)")
     args = parser.parse_args(argv)
     args.sizes = [1000, 10000] if args.quick else [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -126,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    results = {"machine": machine(), "upstream": args.upstream, "options": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "sizes": {}}
+    results = {
+        "machine": machine(),
+        "upstream": args.upstream,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "sizes": {},
+    }
     error = None
     try:
         for n in args.sizes:
@@ -150,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = []
         results["error"] = results.get("error") or f"incomplete results: {exc!r}"
 
-    out = args.out or RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out = args.out or RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     if results.get("error"):

@@ -48,7 +48,7 @@ class Scraper:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Scraper":
+    def __enter__(self) -> Scraper:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -61,5 +61,9 @@ def summary(scrapes: list[Scrape]) -> dict:
     if not times:
         return {"n": 0}
     p99 = times[max(0, math.ceil(0.99 * len(times)) - 1)]
-    return {"n": len(times), "median_ms": statistics.median(times) * 1000, "p99_ms": p99 * 1000,
-            "bytes": scrapes[-1].size}
+    return {
+        "n": len(times),
+        "median_ms": statistics.median(times) * 1000,
+        "p99_ms": p99 * 1000,
+        "bytes": scrapes[-1].size,
+    }

@@ -17,7 +17,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

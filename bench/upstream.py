@@ -52,17 +52,19 @@ class Catalog:
             has_more = start + 1 + limit < len(self.ids)
         else:
             first = bisect.bisect_right(self.active, start)
-            chosen = self.active[first:first + limit]
+            chosen = self.active[first : first + limit]
             has_more = first + limit < len(self.active)
         chosen = list(chosen)
         first_id = json.dumps(self.ids[chosen[0]]) if chosen else "null"
         last_id = json.dumps(self.ids[chosen[-1]]) if chosen else "null"
-        return b"".join((
-            b'{"object": "list", "data": [',
-            b", ".join(self.fragments[i] for i in chosen),
-            f'], "first_id": {first_id}, "last_id": {last_id}, "has_more": {"true" if has_more else "false"}}}'
-            .encode(),
-        ))
+        return b"".join(
+            (
+                b'{"object": "list", "data": [',
+                b", ".join(self.fragments[i] for i in chosen),
+                f'], "first_id": {first_id}, "last_id": {last_id}, '
+                f'"has_more": {"true" if has_more else "false"}}}'.encode(),
+            )
+        )
 
 
 class Upstream:
@@ -108,8 +110,11 @@ class Upstream:
 
     def respond(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, bytes, float]:
         if headers.get("authorization") != self.authorization:
-            return 401, error_body("Incorrect API key provided. You need an Admin API key.",
-                                   code="invalid_api_key"), 0.0
+            return (
+                401,
+                error_body("Incorrect API key provided. You need an Admin API key.", code="invalid_api_key"),
+                0.0,
+            )
         url = urlsplit(target)
         if url.path.rstrip("/") != LIST_PATH:
             return 404, error_body(f"Invalid URL ({method} {url.path})"), 0.0
@@ -132,8 +137,16 @@ class Upstream:
 async def serve(host: str, port: int, upstream: Upstream) -> None:
     server = await asyncio.start_server(upstream.serve_connection, host, port, backlog=256)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
-    print(json.dumps({"event": "upstream_listening", "base_url": f"http://{bound_host}:{bound_port}/v1",
-                      "projects": len(upstream.catalog.ids)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "upstream_listening",
+                "base_url": f"http://{bound_host}:{bound_port}/v1",
+                "projects": len(upstream.catalog.ids),
+            }
+        ),
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

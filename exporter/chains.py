@@ -46,8 +46,9 @@ def worth_chaining(previous_count: int, concurrency: int) -> bool:
     return concurrency > 1 and previous_count >= concurrency * PAGE_SIZE * MIN_PAGES_PER_CHAIN
 
 
-def fetch_projects(client: ProjectsClient, deadline: float,
-                   previous: Mapping[str, Project] | None = None) -> FetchResult:
+def fetch_projects(
+    client: ProjectsClient, deadline: float, previous: Mapping[str, Project] | None = None
+) -> FetchResult:
     """The poll's entry point: chains when they pay off, else one sequential walk.
 
     `previous` is the last snapshot's projects, in upstream order: the chains start at
@@ -71,8 +72,7 @@ def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequenc
     count = client.concurrency
     # Each anchor ends a page of a walk from the top, so the chains ask for the very pages a
     # sequential poll asks for, and unchanged ones are recognised and reused (ProjectsClient._page).
-    anchor_ids = [previous_ids[(k * len(previous_ids) // count) // PAGE_SIZE * PAGE_SIZE - 1]
-                  for k in range(1, count)]
+    anchor_ids = [previous_ids[(k * len(previous_ids) // count) // PAGE_SIZE * PAGE_SIZE - 1] for k in range(1, count)]
     starts: list[str | None] = [None, *anchor_ids]
     anchors = {anchor: k for k, anchor in enumerate(anchor_ids, start=1)}
     results: list[Walk | None] = [None] * count
@@ -88,8 +88,10 @@ def _run_chains(client: ProjectsClient, poll: PollContext, previous_ids: Sequenc
             poll.failed.set()
 
     # Each chain runs in a copy of the poll's context, so its log lines keep the poll's bound fields.
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(chain, k), name="poll", daemon=True)
-               for k in range(count)]
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(chain, k), name="poll", daemon=True)
+        for k in range(count)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -71,20 +71,30 @@ def run(settings: Settings) -> int:
     if settings.demo:
         # The flags' single organization (--demo excludes --config.file): the simulator takes
         # the key it polls with.
-        simulator = OrganizationServer(SimulatedOrganization(settings.demo_projects),
-                                       configs[0].admin_key.read()).start()
+        simulator = OrganizationServer(
+            SimulatedOrganization(settings.demo_projects), configs[0].admin_key.read()
+        ).start()
         start_churn(simulator.organization, max(1.0, configs[0].poll_interval / 2), stop)
         configs = [replace(configs[0], base_url=simulator.base_url)]
 
     scheduler = new_scheduler()
-    fleet = Fleet(scheduler, exporter_registry(), multi=settings.config_file is not None,
-                  max_response_size=settings.api_max_response_size)
+    fleet = Fleet(
+        scheduler,
+        exporter_registry(),
+        multi=settings.config_file is not None,
+        max_response_size=settings.api_max_response_size,
+    )
     try:
-        server = ExporterServer(settings.listen_host, settings.listen_port, fleet,
-                                healthy=lambda: scheduler.running, web_config=web_config,
-                                idle_timeout=settings.web_idle_timeout,
-                                read_header_timeout=settings.web_read_header_timeout,
-                                max_connections=settings.web_max_connections)
+        server = ExporterServer(
+            settings.listen_host,
+            settings.listen_port,
+            fleet,
+            healthy=lambda: scheduler.running,
+            web_config=web_config,
+            idle_timeout=settings.web_idle_timeout,
+            read_header_timeout=settings.web_read_header_timeout,
+            max_connections=settings.web_max_connections,
+        )
     except OSError as exc:
         return _fail(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}")
     fleet.apply(configs)
@@ -97,9 +107,14 @@ def run(settings: Settings) -> int:
     # out of the collector's full passes, which otherwise walk it again after every large poll.
     gc.freeze()
     scheduler.start()
-    log.info("exporter_started", version=__version__, listen=f"{settings.listen_host}:{server.port}",
-             organizations=len(configs), demo=settings.demo,
-             base_url=None if settings.config_file else configs[0].base_url)
+    log.info(
+        "exporter_started",
+        version=__version__,
+        listen=f"{settings.listen_host}:{server.port}",
+        organizations=len(configs),
+        demo=settings.demo,
+        base_url=None if settings.config_file else configs[0].base_url,
+    )
     while not stop.wait(0.5):
         if reload.is_set():
             reload.clear()

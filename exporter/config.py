@@ -60,8 +60,16 @@ class OrganizationConfig:
         return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name != "admin_key")
 
 
-def _build(defaults: Settings, texts: Mapping[str, str], where: str | None, *, alias: str | None,
-           admin_key: AdminKey, state_file: Path | None = None, key_source: str = "") -> OrganizationConfig:
+def _build(
+    defaults: Settings,
+    texts: Mapping[str, str],
+    where: str | None,
+    *,
+    alias: str | None,
+    admin_key: AdminKey,
+    state_file: Path | None = None,
+    key_source: str = "",
+) -> OrganizationConfig:
     """An organization from its texts over the flags' texts; `where` prefixes a bad key's error
     (None: every text is a flag's, and a bad one names its flag)."""
     known = {f.name: getattr(defaults, f.name) for f in fields(defaults)}  # what derived defaults may read
@@ -71,7 +79,10 @@ def _build(defaults: Settings, texts: Mapping[str, str], where: str | None, *, a
 
     values = resolve(PER_ORGANIZATION, {**defaults.organization_texts, **texts}, named, known)
     return OrganizationConfig(
-        alias=alias, admin_key=admin_key, state_file=state_file, key_source=key_source,
+        alias=alias,
+        admin_key=admin_key,
+        state_file=state_file,
+        key_source=key_source,
         **{row.key: values[row.key] for row in PER_ORGANIZATION},
     )
 
@@ -105,8 +116,9 @@ def load_config(path: Path, defaults: Settings, environ: Mapping[str, str] | Non
     return configs
 
 
-def _organization(entry: object, number: int, base: Path, defaults: Settings,
-                  environ: Mapping[str, str]) -> OrganizationConfig:
+def _organization(
+    entry: object, number: int, base: Path, defaults: Settings, environ: Mapping[str, str]
+) -> OrganizationConfig:
     where = f"--config.file: organization #{number}"
     if not isinstance(entry, dict):
         raise SettingsError(f"{where} is not a mapping")
@@ -119,8 +131,11 @@ def _organization(entry: object, number: int, base: Path, defaults: Settings,
         raise SettingsError(f"{where}: unknown keys {sorted(unknown)}")
     key, source = _admin_key(entry, alias, where, base, environ)
     # YAML has already typed the values (5 is an int, true a bool); the rows parse text, as from a flag.
-    texts = {row.key: _scalar(entry[row.key], f"{where}: {row.key}")
-             for row in PER_ORGANIZATION if entry.get(row.key) is not None}
+    texts = {
+        row.key: _scalar(entry[row.key], f"{where}: {row.key}")
+        for row in PER_ORGANIZATION
+        if entry.get(row.key) is not None
+    }
     return _build(defaults, texts, where, alias=alias, admin_key=key, key_source=source)
 
 
@@ -131,8 +146,9 @@ def _scalar(value: object, where: str) -> str:
     return str(value)
 
 
-def _admin_key(entry: dict[Any, Any], alias: str, where: str, base: Path,
-               environ: Mapping[str, str]) -> tuple[AdminKey, str]:
+def _admin_key(
+    entry: dict[Any, Any], alias: str, where: str, base: Path, environ: Mapping[str, str]
+) -> tuple[AdminKey, str]:
     """The organization's key and its source, from exactly one of admin_key_file, admin_key_env, admin_key."""
     given = [k for k in _KEY_FIELDS if entry.get(k)]
     if len(given) != 1:
@@ -146,8 +162,11 @@ def _admin_key(entry: dict[Any, Any], alias: str, where: str, base: Path,
             raise SettingsError(f"{where}: environment variable {name} is unset or empty")
         key, source = AdminKey(value=environ[name].strip()), f"env:{name}"
     else:
-        log.warning("inline_admin_key", organization=alias,
-                    advice="prefer admin_key_file or admin_key_env; the config file now holds a secret")
+        log.warning(
+            "inline_admin_key",
+            organization=alias,
+            advice="prefer admin_key_file or admin_key_env; the config file now holds a secret",
+        )
         inline = _scalar(entry["admin_key"], f"{where}: admin_key").strip()
         # A digest, not the key, tells a changed inline key on reload.
         key, source = AdminKey(value=inline), "inline:" + hashlib.sha256(inline.encode()).hexdigest()[:16]

@@ -70,12 +70,8 @@ def _header(name: str, help_text: str) -> bytes:
 
 PROJECTS_HEADER = _header("openai_projects", f"Projects by status, {SOURCE}.")
 INFO_HEADER = _header("openai_project_info", f"Project metadata, {SOURCE}; always 1.")
-CREATED_HEADER = _header(
-    "openai_project_created_timestamp_seconds", f"Unix time the project was created, {SOURCE}."
-)
-ARCHIVED_HEADER = _header(
-    "openai_project_archived_timestamp_seconds", f"Unix time the project was archived, {SOURCE}."
-)
+CREATED_HEADER = _header("openai_project_created_timestamp_seconds", f"Unix time the project was created, {SOURCE}.")
+ARCHIVED_HEADER = _header("openai_project_archived_timestamp_seconds", f"Unix time the project was archived, {SOURCE}.")
 
 
 def info_line(project: Project) -> bytes:
@@ -85,7 +81,8 @@ def info_line(project: Project) -> bytes:
     values = f"{project_id}{name}{status}{key_id}{residency}"
     if "\\" in values or '"' in values or "\n" in values:
         project_id, name, status, key_id, residency = map(
-            escape_label_value, (project_id, name, status, key_id, residency))
+            escape_label_value, (project_id, name, status, key_id, residency)
+        )
     return (
         f'openai_project_info{{project_id="{project_id}",name="{name}",status="{status}",'
         f'external_key_id="{key_id}",residency="{residency}"}} 1\n'
@@ -135,8 +132,7 @@ class AgeIndex:
             total = len(created)
             # age <= bound  <=>  created_at >= now - bound
             buckets = [
-                (floatToGoString(bound), total - bisect.bisect_left(created, now - bound))
-                for bound in AGE_BUCKETS
+                (floatToGoString(bound), total - bisect.bisect_left(created, now - bound)) for bound in AGE_BUCKETS
             ]
             buckets.append(("+Inf", total))
             family.add_metric([status], buckets, total * now - self.created_sum[status])
@@ -184,8 +180,13 @@ class Exposition:
     bytes in hundreds of pieces.
     """
 
-    def __init__(self, snapshot: Snapshot | None, raw: Sequence[Buffer] = (), deflated: Sequence[Buffer] = (),
-                 age_index: AgeIndex | None = None):
+    def __init__(
+        self,
+        snapshot: Snapshot | None,
+        raw: Sequence[Buffer] = (),
+        deflated: Sequence[Buffer] = (),
+        age_index: AgeIndex | None = None,
+    ):
         self.snapshot = snapshot
         self.age_index = age_index or AgeIndex.build(())
         self.raw = list(raw)
@@ -220,8 +221,11 @@ _NO_PIECE = Piece(b"", b"")
 
 def _render_chunk(projects: tuple[Project, ...]) -> tuple[Piece, Piece, Piece]:
     archived = b"".join(archived_line(p) for p in projects if p.archived_at is not None)
-    return (Piece.of(b"".join(map(info_line, projects))), Piece.of(b"".join(map(created_line, projects))),
-            Piece.of(archived) if archived else _NO_PIECE)
+    return (
+        Piece.of(b"".join(map(info_line, projects))),
+        Piece.of(b"".join(map(created_line, projects))),
+        Piece.of(archived) if archived else _NO_PIECE,
+    )
 
 
 class SnapshotRenderer:
@@ -262,7 +266,7 @@ class SnapshotRenderer:
             previous, placed = self._chunks, []
             projects = list(snapshot.projects.values())
             for start in range(0, len(projects), CHUNK_PROJECTS):
-                key = tuple(projects[start:start + CHUNK_PROJECTS])
+                key = tuple(projects[start : start + CHUNK_PROJECTS])
                 spans = []
                 for (plain, packed), piece in zip(families, previous.get(key) or _render_chunk(key), strict=True):
                     spans.append((len(plain), len(piece.raw), len(packed), len(piece.deflated)))
@@ -270,15 +274,17 @@ class SnapshotRenderer:
                     packed += piece.deflated
                 placed.append((key, spans))
             views = [(memoryview(plain).toreadonly(), memoryview(packed).toreadonly()) for plain, packed in families]
-            self._chunks = {key: tuple(Piece(views[f][0][r:r + r_len], views[f][1][d:d + d_len])
-                                       for f, (r, r_len, d, d_len) in enumerate(spans))
-                            for key, spans in placed}
+            self._chunks = {
+                key: tuple(
+                    Piece(views[f][0][r : r + r_len], views[f][1][d : d + d_len])
+                    for f, (r, r_len, d, d_len) in enumerate(spans)
+                )
+                for key, spans in placed
+            }
             raw += [plain for plain, _ in families]
             deflated += [packed for _, packed in families]
         self._last = Exposition(snapshot, raw, deflated, AgeIndex.build(snapshot.projects.values()))
         return self._last
-
-
 
 
 EMPTY = Exposition(None)  # before the first poll, and /metrics of a multi-target exporter
@@ -327,8 +333,12 @@ class LiveTail:
     tail stale at once rather than letting it pass for the new state.
     """
 
-    def __init__(self, registry: CollectorRegistry, version: Callable[[], Iterable[int]],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        version: Callable[[], Iterable[int]],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.registry = registry
         self._version = version
         self._clock = clock

@@ -36,8 +36,13 @@ log = structlog.get_logger("exporter.organizations")
 class Organization:
     """The running parts of one organization."""
 
-    def __init__(self, config: OrganizationConfig, health: HealthMetrics, registry: CollectorRegistry,
-                 max_response_size: int = MAX_RESPONSE_SIZE):
+    def __init__(
+        self,
+        config: OrganizationConfig,
+        health: HealthMetrics,
+        registry: CollectorRegistry,
+        max_response_size: int = MAX_RESPONSE_SIZE,
+    ):
         self.config = config
         self.stop = threading.Event()
         self._lock = threading.Lock()
@@ -46,15 +51,26 @@ class Organization:
         self.metrics = OrganizationMetrics(health, config.alias, registry, lambda: self.published.current)
         self.tail = LiveTail(registry, lambda: (self.published.generation,))  # for /probe
         self.client = ProjectsClient(
-            base_url=config.base_url, admin_key=config.admin_key, timeout=config.api_timeout,
-            max_retries=config.api_max_retries, max_pages=config.poll_max_pages, stop=self.stop,
-            on_response=self.metrics.record_response, concurrency=config.poll_concurrency,
+            base_url=config.base_url,
+            admin_key=config.admin_key,
+            timeout=config.api_timeout,
+            max_retries=config.api_max_retries,
+            max_pages=config.poll_max_pages,
+            stop=self.stop,
+            on_response=self.metrics.record_response,
+            concurrency=config.poll_concurrency,
             max_response_size=max_response_size,
         )
         # Polls further apart than a connection may idle would never reuse one: close it after each.
         self._keep_connections = config.poll_interval <= KEEPALIVE_EXPIRY
-        self.poller = Poller(self.client, SnapshotRenderer(config.per_project_metrics), self.metrics,
-                             self.published, config.poll_timeout, config.state_file)
+        self.poller = Poller(
+            self.client,
+            SnapshotRenderer(config.per_project_metrics),
+            self.metrics,
+            self.published,
+            config.poll_timeout,
+            config.state_file,
+        )
 
     @property
     def job_id(self) -> str:
@@ -90,8 +106,13 @@ class Organization:
 class Fleet:
     """All organizations, their jobs on one scheduler, and what each endpoint serves."""
 
-    def __init__(self, scheduler: BackgroundScheduler, registry: CollectorRegistry, multi: bool,
-                 max_response_size: int = MAX_RESPONSE_SIZE):
+    def __init__(
+        self,
+        scheduler: BackgroundScheduler,
+        registry: CollectorRegistry,
+        multi: bool,
+        max_response_size: int = MAX_RESPONSE_SIZE,
+    ):
         self.scheduler = scheduler
         self.registry = registry
         self.multi = multi
@@ -101,8 +122,9 @@ class Fleet:
         self._applied = 0  # counts the changes of the set of organizations
         # /metrics holds every organization's poll health: a poll ending anywhere, or an
         # organization coming or going, renews it.
-        self.tail = LiveTail(registry, lambda: [self._applied,
-                                                *(o.published.generation for o in list(self.organizations.values()))])
+        self.tail = LiveTail(
+            registry, lambda: [self._applied, *(o.published.generation for o in list(self.organizations.values()))]
+        )
         self._lock = threading.Lock()
 
     def apply(self, configs: list[OrganizationConfig]) -> None:
@@ -113,8 +135,9 @@ class Fleet:
                 current = self.organizations[alias]
                 if alias not in wanted or not current.config.same_as(wanted[alias]):
                     self._remove(alias)
-                    log.info("organization_removed" if alias not in wanted else "organization_changed",
-                             organization=alias)
+                    log.info(
+                        "organization_removed" if alias not in wanted else "organization_changed", organization=alias
+                    )
             for alias, config in wanted.items():
                 if alias not in self.organizations:
                     self._add(config)
@@ -125,12 +148,21 @@ class Fleet:
         organization = Organization(config, self.health, registry, self.max_response_size)
         organization.poller.restore()
         self.organizations[config.alias] = organization
-        self.scheduler.add_job(organization.poll, "interval", seconds=config.poll_interval,
-                               id=organization.job_id, name=organization.job_id,
-                               next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(
+            organization.poll,
+            "interval",
+            seconds=config.poll_interval,
+            id=organization.job_id,
+            name=organization.job_id,
+            next_run_time=datetime.now(UTC),
+        )
         if self.multi:
-            log.info("organization_added", organization=config.alias, base_url=config.base_url,
-                     poll_interval=config.poll_interval)
+            log.info(
+                "organization_added",
+                organization=config.alias,
+                base_url=config.base_url,
+                poll_interval=config.poll_interval,
+            )
 
     def _remove(self, alias: str | None) -> None:
         organization = self.organizations.pop(alias)

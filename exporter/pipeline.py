@@ -59,8 +59,15 @@ class Published:
 
 
 class Poller:
-    def __init__(self, client: ProjectsClient, renderer: SnapshotRenderer, metrics: OrganizationMetrics,
-                 published: Published, poll_timeout: float, state_file: Path | None = None):
+    def __init__(
+        self,
+        client: ProjectsClient,
+        renderer: SnapshotRenderer,
+        metrics: OrganizationMetrics,
+        published: Published,
+        poll_timeout: float,
+        state_file: Path | None = None,
+    ):
         self._client = client
         self._renderer = renderer
         self._metrics = metrics
@@ -100,10 +107,16 @@ class Poller:
 
     def _poll(self, started: float) -> None:
         previous = self._published.current.snapshot
-        result = fetch_projects(self._client, started + self._poll_timeout,
-                                previous.projects if previous is not None else {})
-        snapshot = Snapshot.build(result.projects, completed_at=time.time(), pages=result.pages,
-                                  duration=time.monotonic() - started, previous=previous)
+        result = fetch_projects(
+            self._client, started + self._poll_timeout, previous.projects if previous is not None else {}
+        )
+        snapshot = Snapshot.build(
+            result.projects,
+            completed_at=time.time(),
+            pages=result.pages,
+            duration=time.monotonic() - started,
+            previous=previous,
+        )
         paused = result.paused_for_scrapes
         del result  # bound memory: only the previous and the new snapshot from here on
         exposition = self._renderer.render(snapshot)
@@ -115,9 +128,15 @@ class Poller:
         self._log_changes(previous, snapshot, changes)
         self._save(snapshot)
         release_free_memory()
-        log.info("poll_succeeded", projects=len(snapshot.projects), active=snapshot.counts["active"],
-                 archived=snapshot.counts["archived"], pages=snapshot.pages, duration=round(duration, 3),
-                 paused_for_scrapes=round(paused, 3))
+        log.info(
+            "poll_succeeded",
+            projects=len(snapshot.projects),
+            active=snapshot.counts["active"],
+            archived=snapshot.counts["archived"],
+            pages=snapshot.pages,
+            duration=round(duration, 3),
+            paused_for_scrapes=round(paused, 3),
+        )
 
     def _save(self, snapshot: Snapshot) -> None:
         if self._state_file is None:
@@ -132,14 +151,17 @@ class Poller:
         self._metrics.record_failure(reason, duration)
         message = redaction.scrub(message)  # the / page shows it; upstream data may quote anything
         self._published.finish(PollOutcome(False, time.time(), duration, reason, message))
-        log.warning("poll_failed", reason=reason, message=message, request_id=request_id,
-                    duration=round(duration, 3))
+        log.warning("poll_failed", reason=reason, message=message, request_id=request_id, duration=round(duration, 3))
 
     @staticmethod
     def _log_changes(previous: Snapshot | None, snapshot: Snapshot, changes: Sequence[Change]) -> None:
         if previous is None:
-            log.info("initial_snapshot", projects=len(snapshot.projects), active=snapshot.counts["active"],
-                     archived=snapshot.counts["archived"])
+            log.info(
+                "initial_snapshot",
+                projects=len(snapshot.projects),
+                active=snapshot.counts["active"],
+                archived=snapshot.counts["archived"],
+            )
             return
         for change in changes:
             fields = {"project_id": change.project.id, "name": change.project.name}

@@ -27,8 +27,9 @@ def exporter_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    Gauge("openai_exporter_build_info", "Build of this exporter; always 1.", ["version"],
-          registry=registry).labels(__version__).set(1)
+    Gauge("openai_exporter_build_info", "Build of this exporter; always 1.", ["version"], registry=registry).labels(
+        __version__
+    ).set(1)
     return registry
 
 
@@ -37,21 +38,36 @@ class HealthMetrics:
 
     def __init__(self, registry: CollectorRegistry, by_organization: bool = False):
         org = ["organization"] if by_organization else []
-        self.up = Gauge("openai_up", "1 when the last background poll of the Admin API succeeded, else 0.",
-                        org, registry=registry)
+        self.up = Gauge(
+            "openai_up", "1 when the last background poll of the Admin API succeeded, else 0.", org, registry=registry
+        )
         self.last_success = Gauge(
             "openai_last_successful_poll_timestamp_seconds",
-            "Unix time the last successful background poll ended; 0 before the first.", org, registry=registry)
-        self.poll_duration = Gauge("openai_poll_duration_seconds",
-                                   "Duration of the last background poll, successful or not.", org,
-                                   registry=registry)
-        self.polls = Counter("openai_polls_total", "Background polls of the Admin API, finished or failed.",
-                             org, registry=registry)
-        self.failures = Counter("openai_poll_failures_total", "Background polls that failed, by reason.",
-                                org + ["reason"], registry=registry)
-        self.requests = Counter("openai_api_requests_total",
-                                "Upstream HTTP responses to background polls, by status code.",
-                                org + ["code"], registry=registry)
+            "Unix time the last successful background poll ended; 0 before the first.",
+            org,
+            registry=registry,
+        )
+        self.poll_duration = Gauge(
+            "openai_poll_duration_seconds",
+            "Duration of the last background poll, successful or not.",
+            org,
+            registry=registry,
+        )
+        self.polls = Counter(
+            "openai_polls_total", "Background polls of the Admin API, finished or failed.", org, registry=registry
+        )
+        self.failures = Counter(
+            "openai_poll_failures_total",
+            "Background polls that failed, by reason.",
+            org + ["reason"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "openai_api_requests_total",
+            "Upstream HTTP responses to background polls, by status code.",
+            org + ["code"],
+            registry=registry,
+        )
 
 
 class _Discard:
@@ -84,8 +100,13 @@ class OrganizationMetrics:
     organization's own, served by /probe, when there are several.
     """
 
-    def __init__(self, health: HealthMetrics, alias: str | None, project_registry: CollectorRegistry,
-                 current_exposition: Callable[[], Exposition]):
+    def __init__(
+        self,
+        health: HealthMetrics,
+        alias: str | None,
+        project_registry: CollectorRegistry,
+        current_exposition: Callable[[], Exposition],
+    ):
         self._health = health
         self._alias = alias
         self._org: tuple[str, ...] = (alias,) if alias is not None else ()
@@ -96,9 +117,12 @@ class OrganizationMetrics:
         for reason in POLL_FAILURE_REASONS:
             self._labelled(health.failures, reason)
         self.registry = project_registry
-        self.changes = Counter("openai_project_changes_total",
-                               "Project changes seen between successive background polls, by kind.",
-                               ["change"], registry=project_registry)
+        self.changes = Counter(
+            "openai_project_changes_total",
+            "Project changes seen between successive background polls, by kind.",
+            ["change"],
+            registry=project_registry,
+        )
         for kind in CHANGE_KINDS:
             self.changes.labels(kind)
         project_registry.register(AgeHistogram(current_exposition))

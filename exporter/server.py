@@ -59,8 +59,10 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.005, 1.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LOG_EVERY = 10.0  # seconds between two lines of an event a client can make happen at will
 _BUSY_BODY = b"too many connections\n"
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-         b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -97,7 +99,7 @@ def write_all(sock: socket.socket, chunks: Sequence[Buffer]) -> None:
     views = [memoryview(chunk) for chunk in chunks if chunk]
     first = 0
     while first < len(views):
-        sent = sock.sendmsg(views[first:first + _IOV_MAX])
+        sent = sock.sendmsg(views[first : first + _IOV_MAX])
         while first < len(views) and sent >= len(views[first]):
             sent -= len(views[first])
             first += 1
@@ -201,10 +203,18 @@ class ExporterServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow scraper never holds up shutdown
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, fleet: Fleet, healthy: Callable[[], bool],
-                 web_config: WebConfigWatcher | None = None, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        fleet: Fleet,
+        healthy: Callable[[], bool],
+        web_config: WebConfigWatcher | None = None,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ):
         self.fleet = fleet
         self.healthy = healthy
         self.web_config = web_config
@@ -224,7 +234,8 @@ class ExporterServer(ThreadingHTTPServer):
             self.handshake_failures = Counter(
                 "openai_exporter_tls_handshake_failures_total",
                 "TLS handshakes with clients of /metrics and the other endpoints that failed or timed out.",
-                registry=fleet.registry)
+                registry=fleet.registry,
+            )
         if host in ("", "::") and socket.has_ipv6:
             self.address_family = socket.AF_INET6
             host = "::"
@@ -304,8 +315,7 @@ class ExporterServer(ThreadingHTTPServer):
             self._refuse(sock, address)
             return
         try:
-            threading.Thread(target=self._connection, args=(sock, address), name="http-connection",
-                             daemon=True).start()
+            threading.Thread(target=self._connection, args=(sock, address), name="http-connection", daemon=True).start()
         except BaseException:
             self._slots.release()
             sock.close()
@@ -507,8 +517,12 @@ class _Handler(BaseHTTPRequestHandler):
         organization = fleet.get(alias) if alias else None
         if organization is None:
             known = ", ".join(sorted(a for a in fleet.organizations if a))
-            self._text(400, f"unknown organization {alias!r}; known: {known}\n" if alias else
-                       f"missing ?organization=ALIAS; known: {known}\n")
+            self._text(
+                400,
+                f"unknown organization {alias!r}; known: {known}\n"
+                if alias
+                else f"missing ?organization=ALIAS; known: {known}\n",
+            )
             return
         self._scrape(organization.published.current, organization.tail)
 
@@ -524,15 +538,18 @@ class _Handler(BaseHTTPRequestHandler):
             ready = fleet.ready
             self._text(200 if ready else 503, "ready\n" if ready else "not ready: no successful poll yet\n")
             return
-        lines = [f"{alias}: {'ready' if o.published.ready else 'not ready: no successful poll yet'}"
-                 for alias, o in sorted(fleet.organizations.items())]
+        lines = [
+            f"{alias}: {'ready' if o.published.ready else 'not ready: no successful poll yet'}"
+            for alias, o in sorted(fleet.organizations.items())
+        ]
         self._text(200 if fleet.ready else 503, "\n".join(lines) + "\n")
 
     def _text(self, status: int, text: str) -> None:
         self._send(status, "text/plain; charset=utf-8", [text.encode()])
 
-    def _send(self, status: int, content_type: str, chunks: Sequence[Buffer],
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, content_type: str, chunks: Sequence[Buffer], headers: dict[str, str] | None = None
+    ) -> None:
         self.log_request(status)
         # The head is built here and leaves in the body's system call (send_header and
         # end_headers would write it on its own): one GIL round trip per response, not two.
@@ -563,10 +580,15 @@ class _Handler(BaseHTTPRequestHandler):
             elif outcome.ok:
                 last = f"succeeded {time.time() - outcome.finished_at:.0f}s ago in {outcome.duration:.2f}s"
             else:
-                last = (f"failed {time.time() - outcome.finished_at:.0f}s ago: "
-                        f"{html.escape(outcome.reason)}: {html.escape(outcome.message)}")
-            counts = ("no snapshot yet" if snapshot is None else
-                      ", ".join(f"{html.escape(k)}: {v}" for k, v in snapshot.counts.items()))
+                last = (
+                    f"failed {time.time() - outcome.finished_at:.0f}s ago: "
+                    f"{html.escape(outcome.reason)}: {html.escape(outcome.message)}"
+                )
+            counts = (
+                "no snapshot yet"
+                if snapshot is None
+                else ", ".join(f"{html.escape(k)}: {v}" for k, v in snapshot.counts.items())
+            )
             link = f' (<a href="/probe?organization={quote(alias)}">/probe</a>)' if alias else ""
             name = html.escape(alias) if alias else "Organization"
             rows.append(f"<li><b>{name}</b>{link}: last poll {last}; projects: {counts}.</li>")

@@ -70,8 +70,18 @@ def _duration_seconds(text: str) -> float:
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
-_UNIT_BYTES = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_UNIT_BYTES = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 MAX_SIZE = 1024**4  # far past any response; a larger value is a typo
 
 
@@ -141,6 +151,7 @@ def _choice(*options: str) -> Callable[[str], str]:
         if text.lower() not in options:
             raise ValueError(f"{text!r} is not one of {', '.join(options)}")
         return text.lower()
+
     return parse
 
 
@@ -161,6 +172,7 @@ def _path(text: str) -> Path | None:
 def _at_least(minimum: float, shown: str) -> Callable[[float, str], str | None]:
     def check(value: float, text: str) -> str | None:
         return f"{text!r} is below the minimum of {shown}" if value < minimum else None
+
     return check
 
 
@@ -217,67 +229,186 @@ def _poll_timeout_default(values: Mapping[str, Any]) -> float:
 
 
 SETTINGS: tuple[Setting[Any], ...] = (
-    Setting("web.listen-address", "listen_address", parse_listen_address,
-            "address for /metrics, /healthz, /readyz and /", "HOST:PORT", default=f":{DEFAULT_PORT}"),
-    Setting("config.file", "config_file", _path,
-            "YAML list of organizations to serve on /probe?organization=ALIAS (several organizations)", "PATH"),
-    Setting("config.check", "config_check", parse_bool,
-            "check --config.file, print the verdict and exit (0 good, 2 bad)", "BOOL", default="false"),
-    Setting("web.config.file", "web_config_file", _path,
-            "exporter-toolkit web config (YAML) for TLS and basic auth", "PATH"),
-    Setting("web.idle-timeout", "web_idle_timeout", _positive_duration,
-            "close a connection that waits this long for a request, or for a read or write to make progress",
-            "DURATION", default="120s"),
-    Setting("web.read-header-timeout", "web_read_header_timeout", _positive_duration,
-            "deadline for a request's line and headers, counted from its first byte; also the TLS handshake's",
-            "DURATION", default="10s"),
-    Setting("web.max-connections", "web_max_connections", _positive_int,
-            "connections served at once; one more is answered 503 (or closed, with TLS) at once", "N",
-            default="64"),
-    Setting("api.base-url", "base_url", _base_url, "OpenAI API base URL", "URL",
-            default=DEFAULT_BASE_URL, per_organization=True, env="OPENAI_BASE_URL"),
+    Setting(
+        "web.listen-address",
+        "listen_address",
+        parse_listen_address,
+        "address for /metrics, /healthz, /readyz and /",
+        "HOST:PORT",
+        default=f":{DEFAULT_PORT}",
+    ),
+    Setting(
+        "config.file",
+        "config_file",
+        _path,
+        "YAML list of organizations to serve on /probe?organization=ALIAS (several organizations)",
+        "PATH",
+    ),
+    Setting(
+        "config.check",
+        "config_check",
+        parse_bool,
+        "check --config.file, print the verdict and exit (0 good, 2 bad)",
+        "BOOL",
+        default="false",
+    ),
+    Setting(
+        "web.config.file", "web_config_file", _path, "exporter-toolkit web config (YAML) for TLS and basic auth", "PATH"
+    ),
+    Setting(
+        "web.idle-timeout",
+        "web_idle_timeout",
+        _positive_duration,
+        "close a connection that waits this long for a request, or for a read or write to make progress",
+        "DURATION",
+        default="120s",
+    ),
+    Setting(
+        "web.read-header-timeout",
+        "web_read_header_timeout",
+        _positive_duration,
+        "deadline for a request's line and headers, counted from its first byte; also the TLS handshake's",
+        "DURATION",
+        default="10s",
+    ),
+    Setting(
+        "web.max-connections",
+        "web_max_connections",
+        _positive_int,
+        "connections served at once; one more is answered 503 (or closed, with TLS) at once",
+        "N",
+        default="64",
+    ),
+    Setting(
+        "api.base-url",
+        "base_url",
+        _base_url,
+        "OpenAI API base URL",
+        "URL",
+        default=DEFAULT_BASE_URL,
+        per_organization=True,
+        env="OPENAI_BASE_URL",
+    ),
     # Not per organization: each organization of --config.file names its key its own way (config.py).
-    Setting("api.admin-key-file", "admin_key_file", _path,
-            "file holding the Admin API key, read again before each poll; "
-            f"otherwise the key itself comes from {KEY_ENV}", "PATH", env="OPENAI_ADMIN_KEY_FILE"),
-    Setting("api.timeout", "api_timeout", parse_duration, "timeout of one upstream request", "DURATION",
-            default="30s", check=_above_zero, per_organization=True),
-    Setting("api.max-retries", "api_max_retries", _non_negative_int,
-            "retries per page on 429, 5xx, timeouts and connection errors", "N",
-            default="5", per_organization=True),
-    Setting("api.max-response-size", "api_max_response_size", _response_size,
-            "largest upstream response accepted, counted once decoded (gunzipped); a larger one fails the poll",
-            "SIZE", default="16MiB"),
-    Setting("poll.interval", "poll_interval", parse_duration,
-            f"time between polls, at least 1s (default 5m; {DEMO_POLL_INTERVAL:g}s with --demo)", "DURATION",
-            derive=_poll_interval_default, check=_at_least(1, "1s"), per_organization=True),
-    Setting("poll.timeout", "poll_timeout", parse_duration,
-            "deadline of one whole poll (default: the poll interval)", "DURATION",
-            derive=_poll_timeout_default, check=_above_zero, per_organization=True),
-    Setting("poll.max-pages", "poll_max_pages", _positive_int,
-            "fail a poll that needs more pages than this (guards against cursor loops)", "N",
-            default="10000", per_organization=True),
-    Setting("poll.concurrency", "poll_concurrency", _positive_int,
-            "parallel cursor chains per poll, seeded from the previous snapshot", "N",
-            default="1", per_organization=True),
-    Setting("metrics.per-project", "per_project_metrics", parse_bool,
-            "expose per-project series (_info, _created_, _archived_)", "BOOL",
-            default="true", per_organization=True),
-    Setting("state.file", "state_file", _path,
-            "keep the last good snapshot here, to serve it at once after a restart", "PATH"),
-    Setting("log.level", "log_level", _choice("debug", "info", "warning", "error"),
-            "debug, info, warning or error", "LEVEL", default="info"),
+    Setting(
+        "api.admin-key-file",
+        "admin_key_file",
+        _path,
+        f"file holding the Admin API key, read again before each poll; otherwise the key itself comes from {KEY_ENV}",
+        "PATH",
+        env="OPENAI_ADMIN_KEY_FILE",
+    ),
+    Setting(
+        "api.timeout",
+        "api_timeout",
+        parse_duration,
+        "timeout of one upstream request",
+        "DURATION",
+        default="30s",
+        check=_above_zero,
+        per_organization=True,
+    ),
+    Setting(
+        "api.max-retries",
+        "api_max_retries",
+        _non_negative_int,
+        "retries per page on 429, 5xx, timeouts and connection errors",
+        "N",
+        default="5",
+        per_organization=True,
+    ),
+    Setting(
+        "api.max-response-size",
+        "api_max_response_size",
+        _response_size,
+        "largest upstream response accepted, counted once decoded (gunzipped); a larger one fails the poll",
+        "SIZE",
+        default="16MiB",
+    ),
+    Setting(
+        "poll.interval",
+        "poll_interval",
+        parse_duration,
+        f"time between polls, at least 1s (default 5m; {DEMO_POLL_INTERVAL:g}s with --demo)",
+        "DURATION",
+        derive=_poll_interval_default,
+        check=_at_least(1, "1s"),
+        per_organization=True,
+    ),
+    Setting(
+        "poll.timeout",
+        "poll_timeout",
+        parse_duration,
+        "deadline of one whole poll (default: the poll interval)",
+        "DURATION",
+        derive=_poll_timeout_default,
+        check=_above_zero,
+        per_organization=True,
+    ),
+    Setting(
+        "poll.max-pages",
+        "poll_max_pages",
+        _positive_int,
+        "fail a poll that needs more pages than this (guards against cursor loops)",
+        "N",
+        default="10000",
+        per_organization=True,
+    ),
+    Setting(
+        "poll.concurrency",
+        "poll_concurrency",
+        _positive_int,
+        "parallel cursor chains per poll, seeded from the previous snapshot",
+        "N",
+        default="1",
+        per_organization=True,
+    ),
+    Setting(
+        "metrics.per-project",
+        "per_project_metrics",
+        parse_bool,
+        "expose per-project series (_info, _created_, _archived_)",
+        "BOOL",
+        default="true",
+        per_organization=True,
+    ),
+    Setting(
+        "state.file",
+        "state_file",
+        _path,
+        "keep the last good snapshot here, to serve it at once after a restart",
+        "PATH",
+    ),
+    Setting(
+        "log.level",
+        "log_level",
+        _choice("debug", "info", "warning", "error"),
+        "debug, info, warning or error",
+        "LEVEL",
+        default="info",
+    ),
     Setting("log.format", "log_format", _choice("json", "console"), "json or console", "FORMAT", default="json"),
-    Setting("demo", "demo", parse_bool,
-            "poll a simulated organization on loopback; needs no key and no network", "BOOL", default="false"),
-    Setting("demo.projects", "demo_projects", _positive_int,
-            "projects in the simulated organization", "N", default="300"),
+    Setting(
+        "demo",
+        "demo",
+        parse_bool,
+        "poll a simulated organization on loopback; needs no key and no network",
+        "BOOL",
+        default="false",
+    ),
+    Setting(
+        "demo.projects", "demo_projects", _positive_int, "projects in the simulated organization", "N", default="300"
+    ),
 )
 PER_ORGANIZATION: tuple[Setting[Any], ...] = tuple(row for row in SETTINGS if row.per_organization)
 
 
-def resolve(rows: Iterable[Setting[Any]], texts: Mapping[str, str], where: Callable[[Setting[Any]], str],
-            known: Mapping[str, Any]) -> dict[str, Any]:
+def resolve(
+    rows: Iterable[Setting[Any]],
+    texts: Mapping[str, str],
+    where: Callable[[Setting[Any]], str],
+    known: Mapping[str, Any],
+) -> dict[str, Any]:
     """The value of each row by key: its text parsed and checked, else its default.
 
     `texts` holds what was given, by key. Derived defaults come last, in table order, so
@@ -401,8 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         # A bare boolean flag means true: `--demo` as well as `--demo=false`.
         optional: dict[str, Any] = {"nargs": "?", "const": "true"} if row.parse is parse_bool else {}
         parser.add_argument(
-            row.flag, dest=row.key, metavar=row.metavar, default=None,
-            help=f"{row.help}{default} [env {row.variable}]", **optional,
+            row.flag,
+            dest=row.key,
+            metavar=row.metavar,
+            default=None,
+            help=f"{row.help}{default} [env {row.variable}]",
+            **optional,
         )
     return parser
 

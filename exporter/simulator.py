@@ -26,9 +26,27 @@ from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 RESIDENCIES = ("GLOBAL", "US_STORAGE_PROCESSING", "EU_STORAGE_PROCESSING", "JP_STORAGE")
-_WORDS = ("Search", "Support", "Billing", "Fraud", "Recs", "Docs", "Chat", "Vision", "Voice",
-          "Ledger", "Atlas", "Orion", "Helix", "Nimbus", "Quartz", "Données clients", "検索チーム",
-          'Team "Alpha"', "Back\\slash")
+_WORDS = (
+    "Search",
+    "Support",
+    "Billing",
+    "Fraud",
+    "Recs",
+    "Docs",
+    "Chat",
+    "Vision",
+    "Voice",
+    "Ledger",
+    "Atlas",
+    "Orion",
+    "Helix",
+    "Nimbus",
+    "Quartz",
+    "Données clients",
+    "検索チーム",
+    'Team "Alpha"',
+    "Back\\slash",
+)
 _KINDS = ("Bot", "Agent", "Pipeline", "Evals", "Sandbox", "Prod", "Staging", "Research")
 _ID_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 ProjectObject: TypeAlias = dict[str, Any]  # a project as the API's JSON has it
@@ -163,8 +181,9 @@ class Response:
     delay: float = 0.0
 
 
-def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> bytes:
+def error_body(
+    message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> bytes:
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
@@ -178,8 +197,15 @@ class OrganizationServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, organization: SimulatedOrganization, admin_key: str, *, host: str = "127.0.0.1",
-                 port: int = 0, page_delay: float = 0.0):
+    def __init__(
+        self,
+        organization: SimulatedOrganization,
+        admin_key: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_delay: float = 0.0,
+    ):
         self.organization = organization
         self.admin_key = admin_key
         self.page_delay = page_delay
@@ -237,8 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, request: Request, body: bytes) -> Response:
         if self.headers.get("Authorization") != f"Bearer {self.server.admin_key}":
-            return Response(401, error_body("Incorrect API key provided. You need an Admin API key.",
-                                            code="invalid_api_key"))
+            return Response(
+                401, error_body("Incorrect API key provided. You need an Admin API key.", code="invalid_api_key")
+            )
         parts = request.path.rstrip("/").split("/")
         if parts[:4] != ["", "v1", "organization", "projects"]:
             return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
@@ -333,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    server = OrganizationServer(SimulatedOrganization(args.projects, seed=args.seed), args.admin_key,
-                                host=host or "127.0.0.1", port=int(port), page_delay=args.page_delay)
+    server = OrganizationServer(
+        SimulatedOrganization(args.projects, seed=args.seed),
+        args.admin_key,
+        host=host or "127.0.0.1",
+        port=int(port),
+        page_delay=args.page_delay,
+    )
     stop = threading.Event()
     if args.churn_seconds > 0:
         start_churn(server.organization, args.churn_seconds, stop)

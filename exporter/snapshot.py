@@ -47,8 +47,15 @@ class Snapshot:
         object.__setattr__(self, "counts", counts)
 
     @classmethod
-    def build(cls, projects: Iterable[Project], *, completed_at: float, pages: int, duration: float,
-              previous: Snapshot | None = None) -> Snapshot:
+    def build(
+        cls,
+        projects: Iterable[Project],
+        *,
+        completed_at: float,
+        pages: int,
+        duration: float,
+        previous: Snapshot | None = None,
+    ) -> Snapshot:
         """The snapshot of one poll; projects equal to ones of `previous` are taken from it.
 
         Keeping the old, equal objects lets the new, just-parsed copies die young, so the

@@ -73,8 +73,12 @@ def load(path: Path) -> Snapshot | None:
         if document.get("version") != VERSION:
             raise ValueError(f"state version {document.get('version')!r}, expected {VERSION}")
         projects = [_project(row) for row in document["projects"]]
-        snapshot = Snapshot.build(projects, completed_at=float(document["completed_at"]),
-                                  pages=int(document["pages"]), duration=float(document["duration"]))
+        snapshot = Snapshot.build(
+            projects,
+            completed_at=float(document["completed_at"]),
+            pages=int(document["pages"]),
+            duration=float(document["duration"]),
+        )
     except Exception as exc:  # noqa: BLE001 - whatever the file holds (deep nesting included), it never stops a start
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         log.warning("state_file_ignored", path=str(path), reason=reason)
@@ -90,10 +94,14 @@ def _project(row: object) -> Project:
     if not isinstance(row, dict) or set(row) != set(Project._fields):
         raise ValueError("a project entry does not have the fields of a project")
     project = Project(**row)
-    if (not isinstance(project.id, str) or not project.id or not isinstance(project.status, str)
-            or not _is_number(project.created_at)
-            or not (project.archived_at is None or _is_number(project.archived_at))
-            or not all(row[name] is None or isinstance(row[name], str) for name in _TEXT_OR_NONE)):
+    if (
+        not isinstance(project.id, str)
+        or not project.id
+        or not isinstance(project.status, str)
+        or not _is_number(project.created_at)
+        or not (project.archived_at is None or _is_number(project.archived_at))
+        or not all(row[name] is None or isinstance(row[name], str) for name in _TEXT_OR_NONE)
+    ):
         raise ValueError("a project entry has the wrong types")
     return project
 

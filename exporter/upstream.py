@@ -32,7 +32,13 @@ from exporter.settings import AdminKey, SettingsError
 from exporter.snapshot import ACTIVE, ARCHIVED, Project
 
 POLL_FAILURE_REASONS = (
-    "auth", "rate_limited", "http_error", "timeout", "connection", "invalid_response", "pagination",
+    "auth",
+    "rate_limited",
+    "http_error",
+    "timeout",
+    "connection",
+    "invalid_response",
+    "pagination",
 )
 PAGE_SIZE = 100  # the upstream maximum: the fewest round trips
 BACKOFF_BASE = 1.0
@@ -154,8 +160,14 @@ class RequestLimiter:
 class PollContext:
     """What every request of one poll shares: key, deadline, page budget and limiter."""
 
-    def __init__(self, key: str, deadline: float, max_pages: int, concurrency: int = 1,
-                 known: Mapping[str, Project] | None = None):
+    def __init__(
+        self,
+        key: str,
+        deadline: float,
+        max_pages: int,
+        concurrency: int = 1,
+        known: Mapping[str, Project] | None = None,
+    ):
         self.key = key
         self.deadline = deadline
         self.max_pages = max_pages
@@ -212,8 +224,11 @@ class ProjectsClient:
         return httpx.Client(
             # Only the encodings _Decoded bounds; httpx would also offer br and zstd when installed.
             headers={"User-Agent": f"openai-projects-exporter/{__version__}", "Accept-Encoding": "gzip, deflate"},
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency,
-                                keepalive_expiry=KEEPALIVE_EXPIRY),
+            limits=httpx.Limits(
+                max_connections=self.concurrency,
+                max_keepalive_connections=self.concurrency,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
             timeout=self._timeout,
             verify=shared_ssl_context(),
             follow_redirects=False,
@@ -254,8 +269,9 @@ class ProjectsClient:
         """
         return self._follow(after, poll, stop_at or {}, chained=False, tolerate_unknown_cursor=False)
 
-    def walk_chain(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int], *,
-                   tolerate_unknown_cursor: bool) -> Walk | None:
+    def walk_chain(
+        self, after: str | None, poll: PollContext, stop_at: Mapping[str, int], *, tolerate_unknown_cursor: bool
+    ) -> Walk | None:
         """One chain of a chained poll: as `walk`, or None when the chain gives up.
 
         A chain gives up once another chain has failed the poll and, with
@@ -267,8 +283,15 @@ class ProjectsClient:
         except _ChainGaveUp:
             return None
 
-    def _follow(self, after: str | None, poll: PollContext, stop_at: Mapping[str, int], *, chained: bool,
-                tolerate_unknown_cursor: bool) -> Walk:
+    def _follow(
+        self,
+        after: str | None,
+        poll: PollContext,
+        stop_at: Mapping[str, int],
+        *,
+        chained: bool,
+        tolerate_unknown_cursor: bool,
+    ) -> Walk:
         """The walk itself; _ChainGaveUp where a chain gives up (see walk_chain)."""
         projects: list[Project] = []
         seen: set[str] = set()
@@ -334,8 +357,13 @@ class ProjectsClient:
                 raise failure
             attempt += 1
             log.warning(
-                "request_retried", reason=failure.reason, detail=failure.message, attempt=attempt,
-                delay=round(delay, 3), after=after, request_id=failure.request_id,
+                "request_retried",
+                reason=failure.reason,
+                detail=failure.message,
+                attempt=attempt,
+                delay=round(delay, 3),
+                after=after,
+                request_id=failure.request_id,
             )
             if self._stop.wait(delay):
                 raise PollCancelled()
@@ -383,8 +411,9 @@ class ProjectsClient:
                 raise _too_large(limit, request_id)
             parts.append(chunk)
             if time.monotonic() > deadline:
-                raise PollError("timeout", "the poll deadline passed while the response was read (--poll.timeout)",
-                                request_id)
+                raise PollError(
+                    "timeout", "the poll deadline passed while the response was read (--poll.timeout)", request_id
+                )
         if decoded is not None:
             rest = decoded.flush()
             if size + len(rest) > limit:
@@ -423,8 +452,9 @@ class ProjectsClient:
 
 
 def _too_large(limit: int, request_id: str | None) -> PollError:
-    return PollError("invalid_response", f"the response is larger than {limit} bytes (--api.max-response-size)",
-                     request_id)
+    return PollError(
+        "invalid_response", f"the response is larger than {limit} bytes (--api.max-response-size)", request_id
+    )
 
 
 class _Decoded:
@@ -587,14 +617,27 @@ def _parse_plain_project(item: object) -> Project:
         get = item.get
         project_id, created_at, archived_at = get("id"), get("created_at"), get("archived_at")
         name, status, key_id, residency = get("name"), get("status"), get("external_key_id"), get("residency")
-        if (type(project_id) is str and project_id and type(created_at) is int
-                and (archived_at is None or type(archived_at) is int)
-                and type(name) in _STR_OR_NONE and type(status) in _STR_OR_NONE
-                and type(key_id) in _STR_OR_NONE and type(residency) in _STR_OR_NONE):
+        if (
+            type(project_id) is str
+            and project_id
+            and type(created_at) is int
+            and (archived_at is None or type(archived_at) is int)
+            and type(name) in _STR_OR_NONE
+            and type(status) in _STR_OR_NONE
+            and type(key_id) in _STR_OR_NONE
+            and type(residency) in _STR_OR_NONE
+        ):
             if not status:
                 status = ARCHIVED if archived_at is not None else ACTIVE
-            return Project(id=project_id, name=name, status=status, created_at=created_at, archived_at=archived_at,
-                           external_key_id=key_id, residency=residency)
+            return Project(
+                id=project_id,
+                name=name,
+                status=status,
+                created_at=created_at,
+                archived_at=archived_at,
+                external_key_id=key_id,
+                residency=residency,
+            )
     return parse_project(item)
 
 

@@ -40,8 +40,10 @@ from exporter.settings import SettingsError, parse_duration
 log = structlog.get_logger("exporter.webconfig")
 
 _TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3,
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 # Go's client auth types, as close as Python's ssl module gets: it cannot ask for a
 # certificate without verifying it, so the "any" types verify against client_ca_file.
@@ -87,8 +89,17 @@ _HEADERS: dict[str, tuple[str, ...] | None] = {
     "X-XSS-Protection": None,
     "Content-Security-Policy": None,
 }
-_TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version", "max_version",
-             "cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
+_TLS_KEYS = {
+    "cert_file",
+    "key_file",
+    "client_ca_file",
+    "client_auth_type",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "curve_preferences",
+    "prefer_server_cipher_suites",
+}
 _HTTP_KEYS = {"http2", "headers"}
 _RATE_LIMIT_KEYS = {"burst", "interval"}
 _TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config", "rate_limit"}
@@ -192,15 +203,21 @@ def _load(path: Path) -> WebConfig:
         raise _fail(f"unknown keys {sorted(map(str, unknown))}")
     ignored: list[tuple[str, str]] = []
     tls, files = _tls(_mapping(document.get("tls_server_config"), "tls_server_config"), path.parent, ignored)
-    users, dummy = _users(_mapping(document.get("basic_auth_users"), "basic_auth_users",
-                                   "basic_auth_users must map user names to bcrypt hashes"))
+    users, dummy = _users(
+        _mapping(
+            document.get("basic_auth_users"),
+            "basic_auth_users",
+            "basic_auth_users must map user names to bcrypt hashes",
+        )
+    )
     headers = _http(_mapping(document.get("http_server_config"), "http_server_config"), ignored)
     _rate_limit(_mapping(document.get("rate_limit"), "rate_limit"), ignored)
     return WebConfig(tls, users, files, dummy, headers, tuple(ignored))
 
 
-def _tls(section: dict[object, object] | None, base: Path,
-         ignored: list[tuple[str, str]]) -> tuple[ssl.SSLContext | None, tuple[Path, ...]]:
+def _tls(
+    section: dict[object, object] | None, base: Path, ignored: list[tuple[str, str]]
+) -> tuple[ssl.SSLContext | None, tuple[Path, ...]]:
     if not section:
         return None, ()
     where = "tls_server_config"
@@ -244,8 +261,9 @@ def _tls(section: dict[object, object] | None, base: Path,
     return context, tuple(base / name for name in (cert, key, ca) if name)
 
 
-def _cipher_suites(context: ssl.SSLContext, names: list[str], maximum: ssl.TLSVersion | None,
-                   ignored: list[tuple[str, str]]) -> None:
+def _cipher_suites(
+    context: ssl.SSLContext, names: list[str], maximum: ssl.TLSVersion | None, ignored: list[tuple[str, str]]
+) -> None:
     """cipher_suites, for TLS 1.2 and below: OpenSSL's names for the IANA names the file gives."""
     if not names:
         return  # OpenSSL's defaults, as Go's are exporter-toolkit's
@@ -254,8 +272,13 @@ def _cipher_suites(context: ssl.SSLContext, names: list[str], maximum: ssl.TLSVe
             raise _fail(f"cipher_suites: unknown cipher suite {name!r}")
     tls13 = [name for name in names if name in _TLS13_SUITES]
     if tls13:
-        ignored.append(("cipher_suites", f"{', '.join(tls13)}: TLS 1.3 suites cannot be chosen, "
-                                         "in Go as in Python's ssl; TLS 1.3 offers all three"))
+        ignored.append(
+            (
+                "cipher_suites",
+                f"{', '.join(tls13)}: TLS 1.3 suites cannot be chosen, "
+                "in Go as in Python's ssl; TLS 1.3 offers all three",
+            )
+        )
     wanted = [name for name in names if name in _CIPHER_SUITES]
     if not wanted:
         # As in Go: only TLS 1.3 suites named leaves none for TLS 1.2 and below.
@@ -281,8 +304,13 @@ def _curves(context: ssl.SSLContext, names: list[str], ignored: list[tuple[str, 
     if len(set(names)) == 1:
         context.set_ecdh_curve(_CURVES[names[0]])  # that curve alone, as Go would
     elif names:
-        ignored.append(("curve_preferences", "Python's ssl module sets one curve, not a list; "
-                                             "OpenSSL's default curves apply (X25519, P-256, P-384, P-521 among them)"))
+        ignored.append(
+            (
+                "curve_preferences",
+                "Python's ssl module sets one curve, not a list; "
+                "OpenSSL's default curves apply (X25519, P-256, P-384, P-521 among them)",
+            )
+        )
 
 
 def _users(section: dict[object, object] | None) -> tuple[dict[str, bytes], bytes]:
@@ -296,8 +324,10 @@ def _users(section: dict[object, object] | None) -> tuple[dict[str, bytes], byte
             raise _fail(f"the password of {str(user)!r} is not a bcrypt hash")
         if not _BCRYPT_HASH.fullmatch(hashed) or not _bcrypt_parses(hashed):
             # The hash itself stays out of the message: it is a secret of sorts.
-            raise _fail(f"the password of {str(user)!r} is a malformed bcrypt hash "
-                        "($2y$, a cost from 04 to 31, $, then 53 characters of [./A-Za-z0-9])")
+            raise _fail(
+                f"the password of {str(user)!r} is a malformed bcrypt hash "
+                "($2y$, a cost from 04 to 31, $, then 53 characters of [./A-Za-z0-9])"
+            )
         users[str(user)] = hashed.encode()
     costliest = max(users.values(), key=lambda hashed: int(hashed[4:6]))
     return users, costliest
@@ -353,8 +383,12 @@ def _rate_limit(section: dict[object, object] | None, ignored: list[tuple[str, s
         except ValueError as exc:
             raise _fail(f"rate_limit.interval: {exc}") from None
     if seconds > 0:  # an interval of 0 is exporter-toolkit's "no limit"
-        ignored.append(("rate_limit", "requests are not rate limited here; "
-                                      "--web.max-connections bounds the connections served at once"))
+        ignored.append(
+            (
+                "rate_limit",
+                "requests are not rate limited here; --web.max-connections bounds the connections served at once",
+            )
+        )
 
 
 class WebConfigWatcher:

@@ -58,8 +58,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -182,8 +183,12 @@ def manifest_problems(path: Path) -> list[str]:
 
 
 def rendered_objects(paths: list[Path]) -> set[tuple[str, str]]:
-    return {(doc["kind"], doc["metadata"]["name"]) for path in paths for doc in load_yaml_documents(path)
-            if doc.get("kind") != "Kustomization"}
+    return {
+        (doc["kind"], doc["metadata"]["name"])
+        for path in paths
+        for doc in load_yaml_documents(path)
+        if doc.get("kind") != "Kustomization"
+    }
 
 
 def test_the_deployment_files_are_where_the_validators_look():
@@ -213,6 +218,7 @@ def set_in(path: list, value) -> Callable[[Any], None]:
         for key in path[:-1]:
             data = data[key]
         data[path[-1]] = value
+
     return mutate
 
 
@@ -221,37 +227,85 @@ def delete_in(path: list) -> Callable[[Any], None]:
         for key in path[:-1]:
             data = data[key]
         del data[path[-1]]
+
     return mutate
 
 
 EXPORTER = ["spec", "template", "spec", "containers", 1]
 FIRST_RULE = ["spec", "groups", 0, "rules", 0]
 BROKEN_MANIFESTS = [
-    pytest.param("deployment.yaml", set_in(["spec", "replicas"], "two"), "'two' is not of type 'integer'",
-                 id="deployment-replicas-string"),
-    pytest.param("deployment.yaml", set_in(EXPORTER + ["livenessprobe"], {}), "'livenessprobe' was unexpected",
-                 id="deployment-misspelt-field"),
-    pytest.param("deployment.yaml", delete_in(EXPORTER + ["name"]), "'name' is a required property",
-                 id="deployment-container-without-name"),
-    pytest.param("deployment.yaml", set_in(["apiVersion"], "apps/v1beta1"), "Couldn't find schema",
-                 id="deployment-removed-api-version"),
-    pytest.param("service.yaml", set_in(["spec", "ports", 0, "port"], "nine"), "'nine' is not of type 'integer'",
-                 id="service-port-string"),
-    pytest.param("servicemonitor.yaml", set_in(["spec", "endpoints", 0, "interval"], "sixty seconds"),
-                 "$.spec.endpoints[0].interval: 'sixty seconds' does not match", id="servicemonitor-bad-duration"),
-    pytest.param("servicemonitor.yaml", set_in(["spec", "endpoints", 0, "prot"], "metrics"),
-                 "$.spec.endpoints[0]: Additional properties are not allowed ('prot' was unexpected)",
-                 id="servicemonitor-misspelt-field"),
-    pytest.param("servicemonitor.yaml", delete_in(["spec", "selector"]), "$.spec: 'selector' is a required property",
-                 id="servicemonitor-without-selector"),
-    pytest.param("servicemonitor.yaml", set_in(["apiVersion"], "monitoring.coreos.com/v2"),
-                 "no validator here for monitoring.coreos.com/v2", id="servicemonitor-unknown-version"),
-    pytest.param("prometheusrule.yaml", delete_in(FIRST_RULE + ["expr"]),
-                 "$.spec.groups[0].rules[0]: 'expr' is a required property", id="prometheusrule-without-expr"),
-    pytest.param("prometheusrule.yaml", set_in(FIRST_RULE + ["for"], "5 minutes"),
-                 "$.spec.groups[0].rules[0].for: '5 minutes' does not match", id="prometheusrule-bad-for"),
-    pytest.param("kustomization.yaml", set_in(["resources", 0], "deploymnet.yaml"),
-                 "resources: deploymnet.yaml does not exist", id="kustomization-missing-resource"),
+    pytest.param(
+        "deployment.yaml",
+        set_in(["spec", "replicas"], "two"),
+        "'two' is not of type 'integer'",
+        id="deployment-replicas-string",
+    ),
+    pytest.param(
+        "deployment.yaml",
+        set_in(EXPORTER + ["livenessprobe"], {}),
+        "'livenessprobe' was unexpected",
+        id="deployment-misspelt-field",
+    ),
+    pytest.param(
+        "deployment.yaml",
+        delete_in(EXPORTER + ["name"]),
+        "'name' is a required property",
+        id="deployment-container-without-name",
+    ),
+    pytest.param(
+        "deployment.yaml",
+        set_in(["apiVersion"], "apps/v1beta1"),
+        "Couldn't find schema",
+        id="deployment-removed-api-version",
+    ),
+    pytest.param(
+        "service.yaml",
+        set_in(["spec", "ports", 0, "port"], "nine"),
+        "'nine' is not of type 'integer'",
+        id="service-port-string",
+    ),
+    pytest.param(
+        "servicemonitor.yaml",
+        set_in(["spec", "endpoints", 0, "interval"], "sixty seconds"),
+        "$.spec.endpoints[0].interval: 'sixty seconds' does not match",
+        id="servicemonitor-bad-duration",
+    ),
+    pytest.param(
+        "servicemonitor.yaml",
+        set_in(["spec", "endpoints", 0, "prot"], "metrics"),
+        "$.spec.endpoints[0]: Additional properties are not allowed ('prot' was unexpected)",
+        id="servicemonitor-misspelt-field",
+    ),
+    pytest.param(
+        "servicemonitor.yaml",
+        delete_in(["spec", "selector"]),
+        "$.spec: 'selector' is a required property",
+        id="servicemonitor-without-selector",
+    ),
+    pytest.param(
+        "servicemonitor.yaml",
+        set_in(["apiVersion"], "monitoring.coreos.com/v2"),
+        "no validator here for monitoring.coreos.com/v2",
+        id="servicemonitor-unknown-version",
+    ),
+    pytest.param(
+        "prometheusrule.yaml",
+        delete_in(FIRST_RULE + ["expr"]),
+        "$.spec.groups[0].rules[0]: 'expr' is a required property",
+        id="prometheusrule-without-expr",
+    ),
+    pytest.param(
+        "prometheusrule.yaml",
+        set_in(FIRST_RULE + ["for"], "5 minutes"),
+        "$.spec.groups[0].rules[0].for: '5 minutes' does not match",
+        id="prometheusrule-bad-for",
+    ),
+    pytest.param(
+        "kustomization.yaml",
+        set_in(["resources", 0], "deploymnet.yaml"),
+        "resources: deploymnet.yaml does not exist",
+        id="kustomization-missing-resource",
+    ),
 ]
 
 
@@ -313,8 +367,9 @@ def test_kubectl_kustomize_refuses_a_missing_resource(tmp_path):
 
 def check_jsonschema(*args: str | Path) -> subprocess.CompletedProcess:
     need_module("check_jsonschema")
-    return subprocess.run([sys.executable, "-m", "check_jsonschema", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -330,8 +385,9 @@ def add_service_key(data):
 
 BROKEN_COMPOSE = [
     pytest.param(add_service_key, "'imagee' was unexpected", id="misspelt-service-key"),
-    pytest.param(set_in(["servicess"], {}), "'servicess' does not match any of the regexes",
-                 id="misspelt-top-level-key"),
+    pytest.param(
+        set_in(["servicess"], {}), "'servicess' does not match any of the regexes", id="misspelt-top-level-key"
+    ),
     pytest.param(set_in(["services", "exporter", "depends_on"], 3), "$.services.exporter", id="depends-on-number"),
 ]
 
@@ -453,8 +509,13 @@ def provisioning_problems(path: Path) -> list[str]:
 
 def test_the_schemas_are_valid_json_schemas():
     names = sorted(path.name.removesuffix(".schema.json") for path in SCHEMA_DIR.glob("*.schema.json"))
-    assert names == ["grafana-dashboard", "grafana-provisioning-dashboards", "grafana-provisioning-datasources",
-                     "monitoring.coreos.com-v1-prometheusrule", "monitoring.coreos.com-v1-servicemonitor"]
+    assert names == [
+        "grafana-dashboard",
+        "grafana-provisioning-dashboards",
+        "grafana-provisioning-datasources",
+        "monitoring.coreos.com-v1-prometheusrule",
+        "monitoring.coreos.com-v1-servicemonitor",
+    ]
     for name in names:
         schema_validator(name)  # check_schema raises on an invalid schema
 
@@ -473,6 +534,7 @@ def panel_by_id(panel_id: int, change: Callable[[dict], None]) -> Callable[[dict
     def mutate(dashboard):
         (panel,) = [p for p in walk_panels(dashboard["panels"]) if p["id"] == panel_id]
         change(panel)
+
     return mutate
 
 
@@ -515,28 +577,46 @@ def put_a_panel_in_an_expanded_row(dashboard):
 
 BROKEN_DASHBOARDS = [
     pytest.param(on_first_panel(lambda p: p.pop("type")), "'type' is a required property", id="panel-without-type"),
-    pytest.param(on_first_panel(lambda p: p["gridPos"].update(w=30)), "30 is greater than the maximum of 24",
-                 id="panel-wider-than-grid"),
-    pytest.param(on_first_panel(lambda p: p["targets"][0].pop("expr")), "'expr' is a required property",
-                 id="target-without-expr"),
-    pytest.param(on_first_panel(lambda p: p["targets"][0].pop("refId")), "'refId' is a required property",
-                 id="target-without-refid"),
-    pytest.param(on_first_panel(lambda p: p["targets"][0].pop("datasource")), "'datasource' is a required property",
-                 id="target-without-datasource"),
-    pytest.param(on_first_panel(lambda p: p.update(gridpos=p.pop("gridPos"))), "('gridpos' was unexpected)",
-                 id="misspelt-panel-key"),
-    pytest.param(on_first_panel(lambda p: p["fieldConfig"]["defaults"].update(units="s")), "('units' was unexpected)",
-                 id="misspelt-field-default"),
+    pytest.param(
+        on_first_panel(lambda p: p["gridPos"].update(w=30)),
+        "30 is greater than the maximum of 24",
+        id="panel-wider-than-grid",
+    ),
+    pytest.param(
+        on_first_panel(lambda p: p["targets"][0].pop("expr")), "'expr' is a required property", id="target-without-expr"
+    ),
+    pytest.param(
+        on_first_panel(lambda p: p["targets"][0].pop("refId")),
+        "'refId' is a required property",
+        id="target-without-refid",
+    ),
+    pytest.param(
+        on_first_panel(lambda p: p["targets"][0].pop("datasource")),
+        "'datasource' is a required property",
+        id="target-without-datasource",
+    ),
+    pytest.param(
+        on_first_panel(lambda p: p.update(gridpos=p.pop("gridPos"))),
+        "('gridpos' was unexpected)",
+        id="misspelt-panel-key",
+    ),
+    pytest.param(
+        on_first_panel(lambda p: p["fieldConfig"]["defaults"].update(units="s")),
+        "('units' was unexpected)",
+        id="misspelt-field-default",
+    ),
     pytest.param(set_in(["schemaVersion"], "39"), "'39' is not of type 'integer'", id="schema-version-string"),
     pytest.param(delete_in(["uid"]), "'uid' is a required property", id="no-uid"),
-    pytest.param(set_in(["templating", "list", 0, "refresh"], 3), "3 is not one of [0, 1, 2]",
-                 id="variable-refresh-out-of-range"),
+    pytest.param(
+        set_in(["templating", "list", 0, "refresh"], 3), "3 is not one of [0, 1, 2]", id="variable-refresh-out-of-range"
+    ),
     pytest.param(duplicate_first_panel_id, "is used twice", id="duplicate-panel-id"),
     pytest.param(move_onto_first_panel, "overlaps panel", id="overlapping-panels"),
     pytest.param(on_first_panel(widen_past_the_grid), "wider than the 24 columns", id="panel-past-the-right-edge"),
     pytest.param(on_first_panel(second_target_refid_a), "refIds repeat", id="duplicate-refid"),
-    pytest.param(on_first_panel(use_unknown_variable), "$nope is used but is no template variable",
-                 id="undefined-variable"),
+    pytest.param(
+        on_first_panel(use_unknown_variable), "$nope is used but is no template variable", id="undefined-variable"
+    ),
     pytest.param(put_a_panel_in_an_expanded_row, "is expanded but holds panels", id="expanded-row-with-panels"),
 ]
 
@@ -551,18 +631,42 @@ def test_dashboard_validator_refuses_a_broken_dashboard(tmp_path, path, mutate, 
 DATASOURCES = PROVISIONING_DIR / "datasources" / "prometheus.yaml"
 DASHBOARD_PROVIDERS = PROVISIONING_DIR / "dashboards" / "openai-projects.yaml"
 BROKEN_PROVISIONING = [
-    pytest.param(DASHBOARD_PROVIDERS, delete_in(["providers", 0, "options", "path"]), "'path' is a required property",
-                 id="provider-without-path"),
-    pytest.param(DASHBOARD_PROVIDERS, set_in(["providers", 0, "updateIntervalSeconds"], "60s"),
-                 "'60s' is not of type 'integer'", id="provider-interval-string"),
-    pytest.param(DATASOURCES, set_in(["datasources", 0, "access"], "proxyy"), "'proxyy' is not one of",
-                 id="datasource-bad-access"),
-    pytest.param(DATASOURCES, set_in(["datasources", 0, "isdefault"], True), "('isdefault' was unexpected)",
-                 id="datasource-misspelt-key"),
-    pytest.param(DATASOURCES, set_in(["datasources", 0, "jsonData", "timeInterval"], "30 seconds"),
-                 "'30 seconds' does not match", id="datasource-bad-time-interval"),
-    pytest.param(DATASOURCES, lambda d: d["datasources"].append(dict(d["datasources"][0], name="Second")),
-                 "more than one default data source", id="two-default-datasources"),
+    pytest.param(
+        DASHBOARD_PROVIDERS,
+        delete_in(["providers", 0, "options", "path"]),
+        "'path' is a required property",
+        id="provider-without-path",
+    ),
+    pytest.param(
+        DASHBOARD_PROVIDERS,
+        set_in(["providers", 0, "updateIntervalSeconds"], "60s"),
+        "'60s' is not of type 'integer'",
+        id="provider-interval-string",
+    ),
+    pytest.param(
+        DATASOURCES,
+        set_in(["datasources", 0, "access"], "proxyy"),
+        "'proxyy' is not one of",
+        id="datasource-bad-access",
+    ),
+    pytest.param(
+        DATASOURCES,
+        set_in(["datasources", 0, "isdefault"], True),
+        "('isdefault' was unexpected)",
+        id="datasource-misspelt-key",
+    ),
+    pytest.param(
+        DATASOURCES,
+        set_in(["datasources", 0, "jsonData", "timeInterval"], "30 seconds"),
+        "'30 seconds' does not match",
+        id="datasource-bad-time-interval",
+    ),
+    pytest.param(
+        DATASOURCES,
+        lambda d: d["datasources"].append(dict(d["datasources"][0], name="Second")),
+        "more than one default data source",
+        id="two-default-datasources",
+    ),
 ]
 
 

@@ -78,6 +78,7 @@ def test_durations_past_a_year_or_not_numbers_are_refused(text):
 
 # -- through the real process --------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "where",
@@ -105,8 +106,9 @@ def test_a_yaml_bomb_in_the_web_config_is_one_line_and_exit_2(tmp_path, simulato
 @pytest.mark.parametrize("kind", ["fifo", "too-large"])
 def test_an_admin_key_file_that_is_no_small_regular_file_is_refused_at_once(tmp_path, kind):
     path = _fifo(tmp_path) if kind == "fifo" else _sparse(tmp_path / "key", 100 * 1024 * 1024)
-    result = run_exporter(["--api.admin-key-file", str(path), "--web.listen-address", "127.0.0.1:0"], key=None,
-                          timeout=10)
+    result = run_exporter(
+        ["--api.admin-key-file", str(path), "--web.listen-address", "127.0.0.1:0"], key=None, timeout=10
+    )
     assert_one_line_error(result, "not a regular file" if kind == "fifo" else "larger than")
 
 
@@ -137,8 +139,7 @@ def test_an_overflowing_duration_on_reload_keeps_the_running_config(tmp_path, si
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "device", "deep-nesting"])
-def test_a_state_file_that_cannot_be_one_is_ignored_and_the_start_goes_on(tmp_path, simulator, start_exporter,
-                                                                           kind):
+def test_a_state_file_that_cannot_be_one_is_ignored_and_the_start_goes_on(tmp_path, simulator, start_exporter, kind):
     if kind == "fifo":
         state = _fifo(tmp_path)
     elif kind == "device":

@@ -20,19 +20,39 @@ from exporter.chains import MIN_PAGES_PER_CHAIN, fetch_projects, worth_chaining
 from exporter.settings import AdminKey
 from exporter.simulator import OrganizationServer, Request, Response, SimulatedOrganization, error_body
 from exporter.snapshot import ARCHIVED, Project, Snapshot, diff
-from exporter.upstream import PAGE_SIZE, PollError, ProjectsClient, _Invalid, _parse_plain_project, parse_page, \
-    parse_project
+from exporter.upstream import (
+    PAGE_SIZE,
+    PollError,
+    ProjectsClient,
+    _Invalid,
+    _parse_plain_project,
+    parse_page,
+    parse_project,
+)
 
 # -- the two parsers -------------------------------------------------------------------------
 
 # Text as JSON can carry it: any code point, now and then lone surrogates (from \uD800 escapes).
 LONE_SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
-TEXT = st.one_of(st.text(max_size=12), st.text(max_size=12), st.text(max_size=12),
-                 st.tuples(st.text(max_size=5), LONE_SURROGATE, st.text(max_size=5)).map("".join))
-ODD = st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.booleans(), st.lists(st.integers(), max_size=2),
-                st.text(max_size=3), st.just(""))
-EXTRA = st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k not in Project._fields),
-                        st.one_of(st.none(), TEXT, st.integers(), st.lists(st.integers(), max_size=2)), max_size=3)
+TEXT = st.one_of(
+    st.text(max_size=12),
+    st.text(max_size=12),
+    st.text(max_size=12),
+    st.tuples(st.text(max_size=5), LONE_SURROGATE, st.text(max_size=5)).map("".join),
+)
+ODD = st.one_of(
+    st.integers(-5, 5),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.text(max_size=3),
+    st.just(""),
+)
+EXTRA = st.dictionaries(
+    st.text(min_size=1, max_size=8).filter(lambda k: k not in Project._fields),
+    st.one_of(st.none(), TEXT, st.integers(), st.lists(st.integers(), max_size=2)),
+    max_size=3,
+)
 MISSING = object()
 # Each field is mostly of the contract's shape, else absent, or of a wrong type or value.
 FIELDS = {
@@ -124,10 +144,15 @@ class ListedUpstream:
             if after is not None and after not in ids:
                 return Response(400, error_body("No such object for the `after` cursor", param="after"))
             start = 0 if after is None else ids.index(after) + 1
-            data = self.items[start:start + limit]
+            data = self.items[start : start + limit]
             has_more = start + limit < len(self.items)
-        document = {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                    "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+        document = {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
         return Response(200, json.dumps(document).encode())
 
 
@@ -139,19 +164,36 @@ def listed() -> Iterator[ListedUpstream]:
 
 
 def _client(upstream: ListedUpstream, concurrency: int) -> ProjectsClient:
-    return ProjectsClient(base_url=upstream.server.base_url, admin_key=AdminKey(value="sk-admin-properties"),
-                          timeout=10.0, max_retries=0, max_pages=10_000, stop=threading.Event(),
-                          concurrency=concurrency)
+    return ProjectsClient(
+        base_url=upstream.server.base_url,
+        admin_key=AdminKey(value="sk-admin-properties"),
+        timeout=10.0,
+        max_retries=0,
+        max_pages=10_000,
+        stop=threading.Event(),
+        concurrency=concurrency,
+    )
 
 
 def _item(n: int, status: str = "active") -> dict[str, object]:
-    return {"id": f"proj_{n:06}", "object": "organization.project", "name": f"Project {n}",
-            "created_at": 1_700_000_000 + n, "archived_at": 1_750_000_000 if status == ARCHIVED else None,
-            "status": status}
+    return {
+        "id": f"proj_{n:06}",
+        "object": "organization.project",
+        "name": f"Project {n}",
+        "created_at": 1_700_000_000 + n,
+        "archived_at": 1_750_000_000 if status == ARCHIVED else None,
+        "status": status,
+    }
 
 
-EDITS = st.lists(st.tuples(st.sampled_from(["create", "archive", "rename", "remove", "move", "swap-pages"]),
-                           st.integers(0, 10**6), st.integers(0, 10**6)), max_size=12)
+EDITS = st.lists(
+    st.tuples(
+        st.sampled_from(["create", "archive", "rename", "remove", "move", "swap-pages"]),
+        st.integers(0, 10**6),
+        st.integers(0, 10**6),
+    ),
+    max_size=12,
+)
 
 
 def _edit(items: list[dict[str, object]], edits: list[tuple[str, int, int]]) -> None:
@@ -182,10 +224,12 @@ def _edit(items: list[dict[str, object]], edits: list[tuple[str, int, int]]) -> 
 
 
 @given(size=st.integers(0, 700), concurrency=st.integers(2, 3), edits=EDITS)
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
-def test_chained_polls_stitch_to_the_list_a_sequential_walk_gives(listed: ListedUpstream, size: int,
-                                                                  concurrency: int, edits) -> None:  # type: ignore[no-untyped-def]
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+def test_chained_polls_stitch_to_the_list_a_sequential_walk_gives(
+    listed: ListedUpstream, size: int, concurrency: int, edits
+) -> None:  # type: ignore[no-untyped-def]
     size += concurrency * PAGE_SIZE * MIN_PAGES_PER_CHAIN  # enough projects for the chains to run
     with listed.lock:
         listed.items = [_item(n, ARCHIVED if n % 7 == 0 else "active") for n in range(size)]
@@ -208,11 +252,20 @@ def test_chained_polls_stitch_to_the_list_a_sequential_walk_gives(listed: Listed
 
 # -- the diff against the set difference ----------------------------------------------------
 
-PROJECTS = st.lists(st.builds(Project, id=st.sampled_from([f"proj_{n}" for n in range(30)]),
-                              name=st.one_of(st.none(), st.sampled_from(["a", "b", "Ünï"])),
-                              status=st.sampled_from(["active", ARCHIVED]), created_at=st.just(1.0),
-                              archived_at=st.none(), external_key_id=st.none(), residency=st.none()),
-                    max_size=30, unique_by=lambda p: p.id)
+PROJECTS = st.lists(
+    st.builds(
+        Project,
+        id=st.sampled_from([f"proj_{n}" for n in range(30)]),
+        name=st.one_of(st.none(), st.sampled_from(["a", "b", "Ünï"])),
+        status=st.sampled_from(["active", ARCHIVED]),
+        created_at=st.just(1.0),
+        archived_at=st.none(),
+        external_key_id=st.none(),
+        residency=st.none(),
+    ),
+    max_size=30,
+    unique_by=lambda p: p.id,
+)
 
 
 @given(PROJECTS, PROJECTS, st.randoms())

@@ -22,8 +22,15 @@ def make_project(
     residency: str | None = None,
 ) -> Project:
     """A snapshot's Project record, with defaults for what a test does not care about."""
-    return Project(id=pid, name=name, status=status, created_at=created_at, archived_at=archived_at,
-                   external_key_id=external_key_id, residency=residency)
+    return Project(
+        id=pid,
+        name=name,
+        status=status,
+        created_at=created_at,
+        archived_at=archived_at,
+        external_key_id=external_key_id,
+        residency=residency,
+    )
 
 
 def snapshot_of(projects, completed_at: float | None = None) -> Snapshot:
