@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
-from exporter.inputs import load_yaml
+from exporter.inputs import UnusableFile, load_yaml
 from exporter.settings import PER_ORGANIZATION, AdminKey, Setting, Settings, SettingsError, resolve
 
 log = structlog.get_logger("exporter.organizations")  # the logger its warning has always had
@@ -99,10 +98,8 @@ def load_config(path: Path, defaults: Settings, environ: Mapping[str, str] | Non
     environ = os.environ if environ is None else environ
     try:
         document = load_yaml(path)
-    except OSError as exc:
-        raise SettingsError(f"--config.file: cannot read {path}: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"--config.file: {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnusableFile as exc:
+        raise SettingsError(f"--config.file: {exc}") from None
     entries = document.get("organizations") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SettingsError(f"--config.file: {path} needs a non-empty `organizations` list")

@@ -52,6 +52,19 @@ class _NoAliases(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+class UnusableFile(Exception):
+    """A config file that cannot be read or parsed; the message is one line naming the file."""
+
+
 def load_yaml(path: Path, limit: int = CONFIG_FILE_LIMIT) -> Any:
-    """The YAML document of a regular file; OSError, YAMLError or UnicodeDecodeError otherwise."""
-    return yaml.load(read_regular_file(path, limit).decode("utf-8"), Loader=_NoAliases)  # noqa: S506 - a SafeLoader
+    """The YAML document of a regular file; UnusableFile with a one-line reason otherwise."""
+    try:
+        text = read_regular_file(path, limit).decode("utf-8")
+    except OSError as exc:
+        raise UnusableFile(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UnusableFile(f"{path} is not valid YAML: it is not UTF-8 text") from None
+    try:
+        return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise UnusableFile(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import bcrypt
 import structlog
-import yaml
 
-from exporter.inputs import load_yaml
+from exporter.inputs import UnusableFile, load_yaml
 from exporter.settings import SettingsError, parse_duration
 
 log = structlog.get_logger("exporter.webconfig")
@@ -190,10 +189,8 @@ def load(path: Path) -> WebConfig:
 def _load(path: Path) -> WebConfig:
     try:
         document = load_yaml(path)
-    except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise _fail(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnusableFile as exc:
+        raise _fail(str(exc)) from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.inputs import load_yaml, read_regular_file
+from exporter.inputs import UnusableFile, load_yaml, read_regular_file
 from exporter.settings import MAX_DURATION, AdminKey, SettingsError, parse_duration
 from tests.support.keys import KEY
 from tests.support.process import assert_one_line_error, run_exporter, upstream_args
@@ -38,7 +38,7 @@ def _fifo(tmp_path: Path) -> Path:
 def test_yaml_aliases_are_refused_before_anything_expands(tmp_path):
     path = tmp_path / "bomb.yml"
     path.write_text(_bomb())
-    with pytest.raises(Exception, match="aliases"):
+    with pytest.raises(UnusableFile, match="aliases"):
         load_yaml(path)
     plain = tmp_path / "plain.yml"
     plain.write_text("organizations:\n  - alias: a\n    poll_interval: 1m\n")

@@ -29,6 +29,7 @@ from exporter.upstream import (
     parse_page,
     parse_project,
 )
+from tests.support.upstream import list_page
 
 # -- the two parsers -------------------------------------------------------------------------
 
@@ -146,14 +147,7 @@ class ListedUpstream:
             start = 0 if after is None else ids.index(after) + 1
             data = self.items[start : start + limit]
             has_more = start + limit < len(self.items)
-        document = {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-        return Response(200, json.dumps(document).encode())
+        return list_page(data, has_more)
 
 
 @pytest.fixture(scope="module")
