@@ -629,16 +629,18 @@ def _parse_plain_project(item: object) -> Project:
         ):
             if not status:
                 status = ARCHIVED if archived_at is not None else ACTIVE
-            return Project(
-                id=project_id,
-                name=name,
-                status=status,
-                created_at=created_at,
-                archived_at=archived_at,
-                external_key_id=key_id,
-                residency=residency,
-            )
+            return _new_project(Project, (project_id, name, status, created_at, archived_at, key_id, residency))
     return parse_project(item)
+
+
+# The fast path builds the tuple itself: NamedTuple's keyword __new__ is Python code, and on a
+# cold poll it costs more than the rest of the parsing. The order it builds in is checked here
+# against the record's fields, so a field added to Project fails at import instead of shifting
+# values silently (and tests hold this parser to parse_project).
+_PLAIN_ORDER = ("id", "name", "status", "created_at", "archived_at", "external_key_id", "residency")
+if _PLAIN_ORDER != Project._fields:
+    raise ImportError(f"_parse_plain_project builds {_PLAIN_ORDER}, but Project's fields are {Project._fields}")
+_new_project = tuple.__new__
 
 
 def parse_project(item: object) -> Project:
