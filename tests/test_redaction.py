@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from exporter import redaction
@@ -65,10 +63,10 @@ def test_an_upstream_that_echoes_the_key_publishes_it_nowhere(simulator, start_e
     assert "proj_name" in metrics and "<redacted>" in metrics
     assert_no_secret("/metrics", metrics.lower(), KEY.lower())
 
-    board.arm(every_request(lambda server, request, n: error(500, f"upstream says: {KEY.upper()}")))
-    board.wait_active()
-    process.wait_event("poll_failed", time.time())
+    # A 401 is never retried, so the poll fails with this message, not with a later timeout.
+    board.arm(every_request(lambda server, request, n: error(401, f"upstream says: {KEY.upper()}")))
+    process.wait_event("poll_failed", board.wait_active(), where=lambda r: r["reason"] == "auth")
     page = process.get("/").text
-    assert "HTTP 500" in page
+    assert "HTTP 401" in page and "upstream says: &lt;redacted&gt;" in page
     for where, text in (("/", page), ("the log", process.stdout()), ("stderr", process.stderr())):
         assert_no_secret(where, text.lower(), KEY.lower())
