@@ -17,17 +17,16 @@ def _openssl(*args: str, cwd: Path) -> None:
     assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
 
 
+def _new_key(name: str) -> tuple[str, ...]:
+    """openssl req's arguments for a fresh P-256 key, unencrypted, in NAME.key."""
+    return ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key")
+
+
 def _ca(directory: Path, name: str) -> None:
     _openssl(
         "req",
         "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
+        *_new_key(name),
         "-out",
         f"{name}.crt",
         "-days",
@@ -45,13 +44,7 @@ def _ca(directory: Path, name: str) -> None:
 def _leaf(directory: Path, name: str, ca: str, usage: str, san: str | None = None) -> None:
     _openssl(
         "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
+        *_new_key(name),
         "-out",
         f"{name}.csr",
         "-subj",
