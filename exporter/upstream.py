@@ -27,6 +27,7 @@ import orjson
 import structlog
 
 from exporter import __version__, redaction
+from exporter.budget import LIST, BudgetCancelled, RequestBudget
 from exporter.priority import PauseBudget
 from exporter.settings import AdminKey, SettingsError
 from exporter.snapshot import ACTIVE, ARCHIVED, Project
@@ -190,8 +191,12 @@ class PollContext:
                 raise PollError("pagination", f"more than {self.max_pages} pages (--poll.max-pages)")
 
 
-class ProjectsClient:
-    """Lists /organization/projects with include_archived=true, following the cursor."""
+class ApiClient:
+    """What every upstream request shares: the connections, the key, the retries and the budget.
+
+    The project list and each organization's details each have one, so that detail
+    requests never hold a connection the list poll is waiting for.
+    """
 
     def __init__(
         self,
@@ -200,22 +205,23 @@ class ProjectsClient:
         admin_key: AdminKey,
         timeout: float,
         max_retries: int,
-        max_pages: int,
         stop: threading.Event,
         on_response: Callable[[int], None] = lambda code: None,
         concurrency: int = 1,
         max_response_size: int = MAX_RESPONSE_SIZE,
+        budget: RequestBudget | None = None,
+        priority: int = LIST,
     ):
-        self._url = f"{base_url}/organization/projects"
+        self.base_url = base_url
         self._admin_key = admin_key
         self._timeout = timeout
         self._max_retries = max_retries
-        self._max_pages = max_pages
         self._stop = stop
         self._on_response = on_response
         self.concurrency = concurrency
         self._max_response_size = max_response_size
-        self._pages_before: dict[str | None, PageMemo] = {}
+        self.budget = budget
+        self._priority = priority
         self._random = random.Random()
         self._http = self._new_http()
 
@@ -250,12 +256,166 @@ class ProjectsClient:
             raise PollError("auth", str(exc)) from None
         return key  # registered with the redactor by AdminKey.read
 
-    def start_poll(self, deadline: float, known: Mapping[str, Project] | None = None) -> PollContext:
-        poll = PollContext(self.read_key(), deadline, self._max_pages, self.concurrency, known)
+    def authorize(self) -> str:
+        """Read the key and send it from now on; it may have rotated since the last use."""
+        key = self.read_key()
         # On the client, not per request: merging per-request headers costs more than the
-        # JSON of a page. The key may have rotated since the last poll, so set it each time.
-        self._http.headers["Authorization"] = f"Bearer {poll.key}"
-        return poll
+        # JSON of a page.
+        self._http.headers["Authorization"] = f"Bearer {key}"
+        return key
+
+    def get(
+        self,
+        url: str,
+        params: Mapping[str, str | int],
+        deadline: float,
+        *,
+        limiter: RequestLimiter | None = None,
+        accept: tuple[int, ...] = (200,),
+        where: Mapping[str, object] | None = None,
+    ) -> Answer:
+        """One GET whose status is in `accept`, retried on 429, 5xx, timeouts and connection errors.
+
+        Any other outcome raises PollError; `where` is added to the retry log lines.
+        """
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
+            waited = self._take_budget(deadline)
+            if self._priority != LIST:
+                # Details wait behind the list and each other: only their time on the wire counts.
+                deadline += waited
+            remaining = deadline - time.monotonic()
+            if limiter is not None:
+                with limiter:
+                    response = self._request(url, params, remaining, deadline)
+            else:
+                response = self._request(url, params, remaining, deadline)
+            if isinstance(response, Answer):
+                if response.status_code in accept:
+                    if self.budget is not None:
+                        self.budget.succeeded()
+                    return response
+                failure, retry_after = _http_failure(response), _retry_after(response.headers)
+            else:
+                failure, retry_after = response, None
+            if failure.reason == "rate_limited":
+                if limiter is not None:
+                    limiter.rate_limited()
+                if self.budget is not None:
+                    self.budget.rate_limited(retry_after)
+            retryable = failure.reason in ("rate_limited", "timeout", "connection") or (
+                failure.reason == "http_error" and (failure.status or 0) >= 500
+            )
+            if not retryable or attempt >= self._max_retries:
+                if retryable:
+                    failure.message += f" (gave up after {attempt + 1} attempts)"
+                raise failure
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            if time.monotonic() + delay >= deadline:
+                failure.message += f"; a retry in {delay:.1f}s would pass the poll deadline"
+                raise failure
+            attempt += 1
+            log.warning(
+                "request_retried",
+                reason=failure.reason,
+                detail=failure.message,
+                attempt=attempt,
+                delay=round(delay, 3),
+                request_id=failure.request_id,
+                **(where or {}),
+            )
+            if self._stop.wait(delay):
+                raise PollCancelled()
+
+    def _take_budget(self, deadline: float) -> float:
+        """Wait for a slot of the budget; the seconds waited."""
+        if self.budget is None:
+            return 0.0
+        started = time.monotonic()
+        try:
+            granted = self.budget.acquire(self._priority, self._stop, deadline if self._priority == LIST else None)
+        except BudgetCancelled:
+            raise PollCancelled() from None
+        if not granted:
+            raise PollError("timeout", "the poll deadline passed while waiting for the request budget")
+        return time.monotonic() - started
+
+    def _request(
+        self, url: str, params: Mapping[str, str | int], remaining: float, deadline: float
+    ) -> Answer | PollError:
+        """One GET: the response, whatever its status, or the transport failure.
+
+        A body over --api.max-response-size once decoded, or one still arriving at the poll
+        deadline, fails the poll at once (PollError raised, not returned: never retried).
+        """
+        if self._stop.is_set():
+            raise PollCancelled()
+        # The client's own timeout unless the poll deadline is nearer: building a Timeout per
+        # request adds up over the many pages of a large organization.
+        timeout = remaining if remaining < self._timeout else httpx.USE_CLIENT_DEFAULT
+        try:
+            with self._http.stream("GET", url, params=params, timeout=timeout) as response:
+                body = self._read_body(response, deadline)
+        except httpx.TimeoutException:
+            return PollError("timeout", f"no answer within {min(remaining, self._timeout):.1f}s")
+        except httpx.TransportError as exc:
+            detail = redaction.scrub(_KEY_LIKE.sub("sk-***", _one_line(str(exc))))  # HTTP libraries may quote headers
+            return PollError("connection", f"{type(exc).__name__}: {detail}")
+        self._on_response(response.status_code)
+        return Answer(response.status_code, response.headers, body)
+
+    def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
+        """The body, decoded, read chunk by chunk against the size bound and the poll deadline.
+
+        The read timeout only bounds each wait for more bytes, so a body that trickles in
+        would otherwise outlast any deadline; and a body is bounded once decoded, so that a
+        small compressed one cannot inflate without limit.
+        """
+        limit, request_id = self._max_response_size, response.headers.get("x-request-id")
+        decoded = _Decoded.of(response.headers.get("content-encoding"), request_id)
+        if decoded is None and _declared_length(response.headers) > limit:
+            raise _too_large(limit, request_id)  # said up front: not worth reading
+        parts: list[bytes] = []
+        size = 0
+        for chunk in response.iter_raw():
+            if decoded is not None:
+                chunk = decoded.decompress(chunk, limit - size)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit, request_id)
+            parts.append(chunk)
+            if time.monotonic() > deadline:
+                raise PollError(
+                    "timeout", "the poll deadline passed while the response was read (--poll.timeout)", request_id
+                )
+        if decoded is not None:
+            rest = decoded.flush()
+            if size + len(rest) > limit:
+                raise _too_large(limit, request_id)
+            parts.append(rest)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter, so many exporters do not retry in step."""
+        # The exponent is bounded: 2.0**attempt overflows a float past 1023 (--api.max-retries has no maximum).
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 64))
+        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+
+
+class ProjectsClient(ApiClient):
+    """Lists /organization/projects with include_archived=true, following the cursor."""
+
+    def __init__(self, *, max_pages: int, **common: Any):
+        super().__init__(**common)
+        self._url = f"{self.base_url}/organization/projects"
+        self._max_pages = max_pages
+        self._pages_before: dict[str | None, PageMemo] = {}
+
+    def start_poll(self, deadline: float, known: Mapping[str, Project] | None = None) -> PollContext:
+        return PollContext(self.authorize(), deadline, self._max_pages, self.concurrency, known)
 
     def finish_poll(self, poll: PollContext) -> None:
         """A poll succeeded: its pages are what the next poll compares its bodies with."""
@@ -329,97 +489,8 @@ class ProjectsClient:
         params: dict[str, str | int] = {"limit": PAGE_SIZE, "include_archived": "true"}
         if after is not None:
             params["after"] = after
-        attempt = 0
-        while True:
-            remaining = poll.deadline - time.monotonic()
-            if remaining <= 0:
-                raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
-            with poll.limiter:
-                response = self._request(params, remaining, poll.deadline)
-            if isinstance(response, Answer):
-                if response.status_code == 200:
-                    return self._page(after, response, poll)
-                failure, retry_after = _http_failure(response), _retry_after(response.headers)
-            else:
-                failure, retry_after = response, None
-            if failure.reason == "rate_limited":
-                poll.limiter.rate_limited()
-            retryable = failure.reason in ("rate_limited", "timeout", "connection") or (
-                failure.reason == "http_error" and (failure.status or 0) >= 500
-            )
-            if not retryable or attempt >= self._max_retries:
-                if retryable:
-                    failure.message += f" (gave up after {attempt + 1} attempts)"
-                raise failure
-            delay = retry_after if retry_after is not None else self._backoff(attempt)
-            if time.monotonic() + delay >= poll.deadline:
-                failure.message += f"; a retry in {delay:.1f}s would pass the poll deadline"
-                raise failure
-            attempt += 1
-            log.warning(
-                "request_retried",
-                reason=failure.reason,
-                detail=failure.message,
-                attempt=attempt,
-                delay=round(delay, 3),
-                after=after,
-                request_id=failure.request_id,
-            )
-            if self._stop.wait(delay):
-                raise PollCancelled()
-
-    def _request(self, params: Mapping[str, str | int], remaining: float, deadline: float) -> Answer | PollError:
-        """One GET: the response, whatever its status, or the transport failure.
-
-        A body over --api.max-response-size once decoded, or one still arriving at the poll
-        deadline, fails the poll at once (PollError raised, not returned: never retried).
-        """
-        if self._stop.is_set():
-            raise PollCancelled()
-        # The client's own timeout unless the poll deadline is nearer: building a Timeout per
-        # request adds up over the many pages of a large organization.
-        timeout = remaining if remaining < self._timeout else httpx.USE_CLIENT_DEFAULT
-        try:
-            with self._http.stream("GET", self._url, params=params, timeout=timeout) as response:
-                body = self._read_body(response, deadline)
-        except httpx.TimeoutException:
-            return PollError("timeout", f"no answer within {min(remaining, self._timeout):.1f}s")
-        except httpx.TransportError as exc:
-            detail = redaction.scrub(_KEY_LIKE.sub("sk-***", _one_line(str(exc))))  # HTTP libraries may quote headers
-            return PollError("connection", f"{type(exc).__name__}: {detail}")
-        self._on_response(response.status_code)
-        return Answer(response.status_code, response.headers, body)
-
-    def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
-        """The body, decoded, read chunk by chunk against the size bound and the poll deadline.
-
-        The read timeout only bounds each wait for more bytes, so a body that trickles in
-        would otherwise outlast any deadline; and a body is bounded once decoded, so that a
-        small compressed one cannot inflate without limit.
-        """
-        limit, request_id = self._max_response_size, response.headers.get("x-request-id")
-        decoded = _Decoded.of(response.headers.get("content-encoding"), request_id)
-        if decoded is None and _declared_length(response.headers) > limit:
-            raise _too_large(limit, request_id)  # said up front: not worth reading
-        parts: list[bytes] = []
-        size = 0
-        for chunk in response.iter_raw():
-            if decoded is not None:
-                chunk = decoded.decompress(chunk, limit - size)
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit, request_id)
-            parts.append(chunk)
-            if time.monotonic() > deadline:
-                raise PollError(
-                    "timeout", "the poll deadline passed while the response was read (--poll.timeout)", request_id
-                )
-        if decoded is not None:
-            rest = decoded.flush()
-            if size + len(rest) > limit:
-                raise _too_large(limit, request_id)
-            parts.append(rest)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        response = self.get(self._url, params, poll.deadline, limiter=poll.limiter, where={"after": after})
+        return self._page(after, response, poll)
 
     def _page(self, after: str | None, response: Answer, poll: PollContext) -> Page:
         """The page of a 200 answer; a body equal to the last poll's at this cursor is not parsed.
@@ -443,12 +514,6 @@ class ProjectsClient:
         page = parse_page(body, response.headers.get("x-request-id"))
         poll.pages_read[after] = PageMemo(digest, page.ids, page.has_more, page.next_after)
         return page
-
-    def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter, so many exporters do not retry in step."""
-        # The exponent is bounded: 2.0**attempt overflows a float past 1023 (--api.max-retries has no maximum).
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 64))
-        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
 
 def _too_large(limit: int, request_id: str | None) -> PollError:
