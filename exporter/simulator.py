@@ -6,6 +6,12 @@ openai-organization-projects.openapi.yaml: cursor paging with `after` and `last_
 `{"error": {...}}` shape, and an `x-request-id` on every response. Tests inject faults
 through `OrganizationServer.fault`; the demo lets time pass with `churn`.
 
+It also serves the GET operations of openai-admin-governance-and-spend.openapi.yaml on a
+project's users, service accounts, API keys, rate limits, certificates, spend limit, model and
+hosted-tool permissions and data retention, and on the organization's spend limit: their state
+lives in exporter/simulated_governance.py. `SimulatedOrganization.forbidden` names the ones the
+key lacks the scope for, which answer 403.
+
     python -m exporter.simulator --listen 127.0.0.1:8900 --projects 300 --admin-key sk-admin-test
 """
 
@@ -19,11 +25,20 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
+
+from exporter.simulated_governance import (
+    ORGANIZATION_SPEND_LIMIT,
+    PROJECT_RESOURCES,
+    RESOURCES,
+    ApiError,
+    Counts,
+    SimulatedGovernance,
+)
 
 RESIDENCIES = ("GLOBAL", "US_STORAGE_PROCESSING", "EU_STORAGE_PROCESSING", "JP_STORAGE")
 _WORDS = (
@@ -57,14 +72,35 @@ class UnknownCursor(Exception):
 
 
 class SimulatedOrganization:
-    """Projects in creation order, as the upstream lists them; thread-safe."""
+    """Projects in creation order, as the upstream lists them, and their governance; thread-safe.
 
-    def __init__(self, projects: int = 300, *, seed: int = 7, now: float | None = None):
-        self._lock = threading.Lock()
+    The `*_per_project` counts fix how many users, service accounts and API keys every project
+    has (None: the default variety). `forbidden` names governance resources (RESOURCES of
+    exporter.simulated_governance) the key lacks the scope for; tests may change it at run time.
+    """
+
+    def __init__(
+        self,
+        projects: int = 300,
+        *,
+        seed: int = 7,
+        now: float | None = None,
+        users_per_project: int | None = None,
+        service_accounts_per_project: int | None = None,
+        keys_per_project: int | None = None,
+        forbidden: Iterable[str] = (),
+    ):
+        # Reentrant: the governance's changes hold it and call one another, and read projects under it.
+        self._lock = threading.RLock()
         self._rng = random.Random(seed)
         self._projects: list[ProjectObject] = []
         self._position: dict[str, int] = {}
         now = time.time() if now is None else now
+        self.forbidden = set(forbidden)
+        if unknown := self.forbidden - set(RESOURCES):
+            raise ValueError(f"unknown governance resources: {', '.join(sorted(unknown))}")
+        counts = Counts(users_per_project, service_accounts_per_project, keys_per_project)
+        self.governance = SimulatedGovernance(self._lock, self._created_at, seed=seed, now=int(now), counts=counts)
         # Ages from minutes to three years, skewed young like a real organization's.
         ages = sorted((self._rng.random() ** 2 * 3 * 365 * 86400 for _ in range(projects)), reverse=True)
         for age in ages:
@@ -122,6 +158,11 @@ class SimulatedOrganization:
         with self._lock:
             return [dict(p) for p in self._projects if include_archived or p["status"] != "archived"]
 
+    def _created_at(self, project_id: str) -> int | None:
+        with self._lock:
+            position = self._position.get(project_id)
+            return None if position is None else int(self._projects[position]["created_at"])
+
     # -- writes -----------------------------------------------------------------------
 
     def create(self, name: str, **fields: Any) -> ProjectObject:
@@ -147,9 +188,11 @@ class SimulatedOrganization:
         with self._lock:
             del self._projects[self._position.pop(project_id)]
             self._position = {p["id"]: i for i, p in enumerate(self._projects)}
+            self.governance.forget(project_id)
 
     def churn(self) -> None:
-        """One step of time passing: a project created, one archived, one renamed, rarely one unarchived."""
+        """One step of time passing: a project created, one archived, one renamed, rarely one unarchived;
+        and one or two governance changes among the active projects (a key made, used or deleted, ...)."""
         rng = self._rng
         with self._lock:
             active = [p["id"] for p in self._projects if p["status"] == "active"]
@@ -161,6 +204,7 @@ class SimulatedOrganization:
             self.update(rng.choice(active), name=f"{rng.choice(_WORDS)} {rng.choice(_KINDS)} v{rng.randrange(9)}")
         if archived and rng.random() < 0.2:
             self.unarchive(rng.choice(archived))
+        self.governance.churn(active)
 
 
 @dataclass
@@ -267,8 +311,12 @@ class _Handler(BaseHTTPRequestHandler):
                 401, error_body("Incorrect API key provided. You need an Admin API key.", code="invalid_api_key")
             )
         parts = request.path.rstrip("/").split("/")
+        if parts == ["", "v1", "organization", "spend_limit"] and request.method == "GET":
+            return self._governance(None, ORGANIZATION_SPEND_LIMIT, request.query)
         if parts[:4] != ["", "v1", "organization", "projects"]:
             return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
+        if len(parts) == 6 and parts[5] in PROJECT_RESOURCES and request.method == "GET":
+            return self._governance(parts[4], parts[5], request.query)
         organization = self.server.organization
         if len(parts) == 4 and request.method == "GET":
             return self._list(request.query)
@@ -289,6 +337,19 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 6 and parts[5] == "archive" and request.method == "POST":
             return _ok(organization.archive(project["id"]))
         return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
+
+    def _governance(self, project_id: str | None, resource: str, query: dict[str, str]) -> Response:
+        organization = self.server.organization
+        # A key without the scope is refused before the project is looked up, as a missing scope is.
+        if resource in organization.forbidden:
+            return Response(
+                403, error_body("You do not have access to this resource. Missing scopes: api.management.read.")
+            )
+        try:
+            document = organization.governance.read(project_id, resource, query)
+        except ApiError as error:
+            return Response(error.status, error_body(error.message, code=error.code, param=error.param))
+        return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
 
     def _list(self, query: dict[str, str]) -> Response:
         try:
@@ -356,12 +417,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--projects", type=int, default=300)
     parser.add_argument("--admin-key", default="sk-admin-simulated")
     parser.add_argument("--churn-seconds", type=float, default=0, help="0 for a still organization")
-    parser.add_argument("--page-delay", type=float, default=0, help="seconds added to each list page")
+    parser.add_argument(
+        "--page-delay", type=float, default=0, help="seconds added to each list page or governance read"
+    )
     parser.add_argument("--seed", type=int, default=7)
+    for kind in ("users", "service-accounts", "keys"):
+        parser.add_argument(f"--{kind}-per-project", type=int, help="a fixed count (default a realistic variety)")
+    parser.add_argument("--forbidden", default="", help=f"comma-separated, answered 403: {', '.join(RESOURCES)}")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
+    organization = SimulatedOrganization(
+        args.projects,
+        seed=args.seed,
+        users_per_project=args.users_per_project,
+        service_accounts_per_project=args.service_accounts_per_project,
+        keys_per_project=args.keys_per_project,
+        forbidden=[name for name in args.forbidden.split(",") if name],
+    )
     server = OrganizationServer(
-        SimulatedOrganization(args.projects, seed=args.seed),
+        organization,
         args.admin_key,
         host=host or "127.0.0.1",
         port=int(port),
