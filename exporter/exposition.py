@@ -197,6 +197,20 @@ class Exposition:
             size += len(part)
         self._crc, self._size = crc, size
 
+    def extended(self, raw: Sequence[Buffer], deflated: Sequence[Buffer]) -> Exposition:
+        """These bytes followed by more: the projects' exposition and the collectors' details.
+
+        The CRC goes on from this exposition's own, so only the new bytes are read.
+        """
+        if not raw:
+            return self
+        again = copy.copy(self)
+        again.raw, again.deflated = [*self.raw, *raw], [*self.deflated, *deflated]
+        for part in raw:
+            again._crc = zlib.crc32(part, again._crc)
+            again._size += len(part)
+        return again
+
     def republish(self, snapshot: Snapshot) -> Exposition:
         """The same bytes for a newer snapshot of the very same projects."""
         again = copy.copy(self)

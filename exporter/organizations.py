@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
+from exporter.budget import DETAILS, RequestBudget
+from exporter.collectors import BY_NAME
 from exporter.config import OrganizationConfig
+from exporter.details.engine import DetailsEngine, workers_for
 from exporter.exposition import EMPTY, Exposition, LiveTail, SnapshotRenderer
 from exporter.pipeline import Poller, Published
 from exporter.selfmetrics import HealthMetrics, OrganizationMetrics
-from exporter.upstream import KEEPALIVE_EXPIRY, MAX_RESPONSE_SIZE, ProjectsClient
+from exporter.upstream import KEEPALIVE_EXPIRY, MAX_RESPONSE_SIZE, ApiClient, ProjectsClient
 
 log = structlog.get_logger("exporter.organizations")
 
@@ -50,17 +54,19 @@ class Organization:
         self.published = Published()
         self.metrics = OrganizationMetrics(health, config.alias, registry, lambda: self.published.current)
         self.tail = LiveTail(registry, lambda: (self.published.generation,))  # for /probe
-        self.client = ProjectsClient(
+        self.budget = RequestBudget(config.api_requests_per_second)
+        common: dict[str, Any] = dict(
             base_url=config.base_url,
             admin_key=config.admin_key,
             timeout=config.api_timeout,
             max_retries=config.api_max_retries,
-            max_pages=config.poll_max_pages,
             stop=self.stop,
             on_response=self.metrics.record_response,
-            concurrency=config.poll_concurrency,
             max_response_size=max_response_size,
+            budget=self.budget,
         )
+        self.client = ProjectsClient(max_pages=config.poll_max_pages, concurrency=config.poll_concurrency, **common)
+        self.details = self._details_engine(config, registry, common) if config.collectors else None
         # Polls further apart than a connection may idle would never reuse one: close it after each.
         self._keep_connections = config.poll_interval <= KEEPALIVE_EXPIRY
         self.poller = Poller(
@@ -70,7 +76,37 @@ class Organization:
             self.published,
             config.poll_timeout,
             config.state_file,
+            self.details,
         )
+
+    def _details_engine(
+        self, config: OrganizationConfig, registry: CollectorRegistry, common: dict[str, Any]
+    ) -> DetailsEngine:
+        workers = workers_for(config.api_requests_per_second)
+        self.details_client = ApiClient(priority=DETAILS, concurrency=workers, **common)
+        engine = DetailsEngine(
+            client=self.details_client,
+            collectors=[BY_NAME[name] for name in config.collectors],
+            interval=config.poll_details_interval,
+            # Each request's own timeout and retries bound a refresh; not the list poll's deadline,
+            # which follows the list's interval.
+            deadline=max(config.poll_timeout, config.api_timeout * (config.api_max_retries + 1)),
+            max_pages=config.poll_max_pages,
+            per_item=config.per_project_metrics,
+            emails=config.log_emails,
+            registry=registry,
+            publish=lambda part: self.published.publish(details=part),
+            stop=self.stop,
+        )
+        self._workers = workers
+        engine.health.budget_rate.set(self.budget.rate)
+        self.budget.on_rate_change = engine.health.budget_rate.set
+        return engine
+
+    def start(self) -> None:
+        """Start the background refreshes of the details; the list poll runs on the scheduler."""
+        if self.details is not None:
+            self.details.start(self._workers)
 
     @property
     def job_id(self) -> str:
@@ -101,6 +137,9 @@ class Organization:
             self.stop.set()
             if not self._polling:
                 self.client.close()
+        # Workers in a request notice the stop at their next step; closing their pool ends the rest.
+        if self.details is not None:
+            self.details_client.close()
 
 
 class Fleet:
@@ -147,6 +186,7 @@ class Fleet:
         registry = CollectorRegistry(auto_describe=True) if self.multi else self.registry
         organization = Organization(config, self.health, registry, self.max_response_size)
         organization.poller.restore()
+        organization.start()
         self.organizations[config.alias] = organization
         self.scheduler.add_job(
             organization.poll,

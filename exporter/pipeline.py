@@ -6,6 +6,7 @@ and replaces the reference in one assignment, which is atomic in CPython.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import structlog
 
 from exporter import redaction, state
 from exporter.chains import fetch_projects
+from exporter.details.engine import DetailsEngine
+from exporter.details.render import EMPTY_PART, DetailsPart
 from exporter.exposition import EMPTY, Exposition, SnapshotRenderer
 from exporter.memory import release_free_memory
 from exporter.priority import lower_thread_priority
@@ -39,6 +42,10 @@ class PollOutcome:
 class Published:
     """The exposition that scrapes serve, and the last poll's outcome.
 
+    `current` is the projects' exposition followed by the collectors' details; the list
+    poll and the details publisher each replace their own share, and either swap makes a
+    new `current` in one assignment.
+
     `generation` counts the polls that ended, with or without success: a scrape's live tail
     rendered at one generation is stale at the next (exporter.exposition.LiveTail).
     """
@@ -47,6 +54,21 @@ class Published:
         self.current: Exposition = EMPTY
         self.last_outcome: PollOutcome | None = None
         self.generation = 0
+        self._projects: Exposition = EMPTY
+        self._details: DetailsPart = EMPTY_PART
+        self._lock = threading.Lock()
+
+    def publish(self, projects: Exposition | None = None, details: DetailsPart | None = None) -> None:
+        """Replace the projects' share, the details' share, or both in one swap."""
+        with self._lock:
+            if projects is not None:
+                self._projects = projects
+            if details is not None:
+                self._details = details
+            if self._projects.snapshot is None:
+                self.current = self._projects  # no details before the first project list
+            else:
+                self.current = self._projects.extended(self._details.raw, self._details.deflated)
 
     def finish(self, outcome: PollOutcome) -> None:
         """A poll ended: its metrics are recorded, and this is its verdict."""
@@ -67,7 +89,9 @@ class Poller:
         published: Published,
         poll_timeout: float,
         state_file: Path | None = None,
+        details: DetailsEngine | None = None,
     ):
+        self._details = details
         self._client = client
         self._renderer = renderer
         self._metrics = metrics
@@ -87,7 +111,7 @@ class Poller:
         if snapshot is None:
             return
         try:
-            self._published.current = self._renderer.render(snapshot)
+            self._published.publish(self._renderer.render(snapshot))
         except Exception as exc:  # whatever a state file holds, it never stops a start
             log.warning("state_file_ignored", path=str(self._state_file), reason=f"{type(exc).__name__}: {exc}"[:200])
             return
@@ -121,8 +145,10 @@ class Poller:
         del result  # bound memory: only the previous and the new snapshot from here on
         exposition = self._renderer.render(snapshot)
         changes = diff(previous, snapshot) if previous is not None else []
+        # Archived and removed projects leave the details in the same swap as the list.
+        details = self._details.sync(snapshot) if self._details is not None else None
         duration = time.monotonic() - started  # the whole poll: fetch, render and diff
-        self._published.current = exposition
+        self._published.publish(exposition, details)
         self._metrics.record_success(snapshot, changes, duration)
         self._published.finish(PollOutcome(True, snapshot.completed_at, duration))
         self._log_changes(previous, snapshot, changes)

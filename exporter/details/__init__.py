@@ -1,0 +1,1 @@
+"""The details of each active project: fetched per collector, scheduled, rendered and published."""
