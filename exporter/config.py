@@ -30,6 +30,7 @@ from exporter.settings import PER_ORGANIZATION, AdminKey, Setting, Settings, Set
 log = structlog.get_logger("exporter.organizations")  # the logger its warning has always had
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _KEY_FIELDS = ("admin_key_file", "admin_key_env", "admin_key")
+_COLLECTOR_ROWS = {row.name.removeprefix("collector."): row for row in PER_ORGANIZATION if row.group == "collectors"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class OrganizationConfig:
     poll_max_pages: int
     poll_concurrency: int
     per_project_metrics: bool
+    api_requests_per_second: float
+    poll_details_interval: float
+    log_emails: bool
+    collectors: tuple[str, ...]  # the names of the collectors switched on, in the table's order
     state_file: Path | None = None
     key_source: str = ""  # where the key comes from, to tell a changed source on reload
 
@@ -74,7 +79,9 @@ def _build(
     known = {f.name: getattr(defaults, f.name) for f in fields(defaults)}  # what derived defaults may read
 
     def named(row: Setting[Any]) -> str:
-        return row.flag if where is None else f"{where}: {row.key}"
+        if where is None:
+            return row.flag
+        return f"{where}: collectors.{row.name.removeprefix('collector.')}" if row.group else f"{where}: {row.key}"
 
     values = resolve(PER_ORGANIZATION, {**defaults.organization_texts, **texts}, named, known)
     return OrganizationConfig(
@@ -82,7 +89,8 @@ def _build(
         admin_key=admin_key,
         state_file=state_file,
         key_source=key_source,
-        **{row.key: values[row.key] for row in PER_ORGANIZATION},
+        collectors=tuple(name for name, row in _COLLECTOR_ROWS.items() if values[row.key]),
+        **{row.key: values[row.key] for row in PER_ORGANIZATION if not row.group},
     )
 
 
@@ -123,7 +131,12 @@ def _organization(
     if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
         raise SettingsError(f"{where}: `alias` must be letters, digits, '_', '.' or '-'")
     where = f"--config.file: organization {alias!r}"
-    unknown = set(entry) - {"alias", *_KEY_FIELDS, *(row.key for row in PER_ORGANIZATION)}
+    unknown = set(entry) - {
+        "alias",
+        "collectors",
+        *_KEY_FIELDS,
+        *(row.key for row in PER_ORGANIZATION if not row.group),
+    }
     if unknown:
         raise SettingsError(f"{where}: unknown keys {sorted(unknown)}")
     key, source = _admin_key(entry, alias, where, base, environ)
@@ -131,9 +144,26 @@ def _organization(
     texts = {
         row.key: _scalar(entry[row.key], f"{where}: {row.key}")
         for row in PER_ORGANIZATION
-        if entry.get(row.key) is not None
+        if not row.group and entry.get(row.key) is not None
     }
+    texts |= _collectors(entry.get("collectors"), where)
     return _build(defaults, texts, where, alias=alias, admin_key=key, key_source=source)
+
+
+def _collectors(mapping: object, where: str) -> dict[str, str]:
+    """`collectors: {api-keys: false, rate-limits: true}` as the texts of the collectors' rows."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise SettingsError(f"{where}: collectors must be a mapping of collector names to true or false")
+    unknown = sorted(str(name) for name in mapping if name not in _COLLECTOR_ROWS)
+    if unknown:
+        raise SettingsError(f"{where}: unknown collectors {unknown}; known: {', '.join(_COLLECTOR_ROWS)}")
+    return {
+        _COLLECTOR_ROWS[name].key: _scalar(value, f"{where}: collectors.{name}")  # checked by the row in _build
+        for name, value in mapping.items()
+        if value is not None
+    }
 
 
 def _scalar(value: object, where: str) -> str:

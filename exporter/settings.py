@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Generic, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.collectors import COLLECTORS
 from exporter.inputs import KEY_FILE_LIMIT, read_regular_file
 from exporter.redaction import add_secret
 
@@ -29,6 +30,7 @@ DEFAULT_PORT = 9186
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_POLL_INTERVAL = 300.0
 DEMO_POLL_INTERVAL = 15.0
+DEMO_DETAILS_INTERVAL = 30.0
 KEY_ENV = "OPENAI_ADMIN_KEY"
 
 T = TypeVar("T")
@@ -140,6 +142,16 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{text.strip()!r} must be above zero")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError(f"not a whole number: {text!r}")
@@ -198,6 +210,9 @@ class Setting(Generic[T]):
     check: Callable[[T, str], str | None] | None = None  # the range, for a flag, a variable and a config key alike
     per_organization: bool = False  # each organization of --config.file may set it under `key`
     env: str = ""  # the variable, when it is not OPENAI_EXPORTER_ and the flag
+    # Rows of a group are one field of OrganizationConfig together, and one mapping of
+    # --config.file: the collectors, each switched on or off (`--no-collector.NAME` too).
+    group: str = ""
 
     @property
     def flag(self) -> str:
@@ -221,6 +236,15 @@ class Setting(Generic[T]):
 
 def _poll_interval_default(values: Mapping[str, Any]) -> float:
     return DEMO_POLL_INTERVAL if values["demo"] else DEFAULT_POLL_INTERVAL  # the simulator churns fast
+
+
+def _requests_per_second_default(values: Mapping[str, Any]) -> float:
+    # The simulator's few hundred projects, refreshed each DEMO_DETAILS_INTERVAL, need about 40.
+    return 100.0 if values["demo"] else 5.0
+
+
+def _details_interval_default(values: Mapping[str, Any]) -> float:
+    return DEMO_DETAILS_INTERVAL if values["demo"] else 3600.0  # the demo shows changes within a minute
 
 
 def _poll_timeout_default(values: Mapping[str, Any]) -> float:
@@ -361,6 +385,49 @@ SETTINGS: tuple[Setting[Any], ...] = (
         "parallel cursor chains per poll, seeded from the previous snapshot",
         "N",
         default="1",
+        per_organization=True,
+    ),
+    Setting(
+        "api.requests-per-second",
+        "api_requests_per_second",
+        _positive_number,
+        "requests per second to the API, the project list and every collector together; 429s lower it for a "
+        "while (default 5; 100 with --demo)",
+        "N",
+        derive=_requests_per_second_default,
+        per_organization=True,
+    ),
+    Setting(
+        "poll.details-interval",
+        "poll_details_interval",
+        parse_duration,
+        "time between two refreshes of a project's details, spread evenly over it, at least 1s (default 1h; "
+        f"{DEMO_DETAILS_INTERVAL:g}s with --demo)",
+        "DURATION",
+        derive=_details_interval_default,
+        check=_at_least(1, "1s"),
+        per_organization=True,
+    ),
+    *(
+        Setting(
+            f"collector.{collector.name}",
+            "collector_" + collector.name.replace("-", "_"),
+            parse_bool,
+            f"collect {collector.help} (--no-collector.{collector.name} to turn it off)",
+            "BOOL",
+            default=str(collector.default).lower(),
+            per_organization=True,
+            group="collectors",
+        )
+        for collector in COLLECTORS
+    ),
+    Setting(
+        "log.emails",
+        "log_emails",
+        parse_bool,
+        "show email addresses in the change log lines of members and keys; never in a metric",
+        "BOOL",
+        default="false",
         per_organization=True,
     ),
     Setting(
@@ -539,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{row.help}{default} [env {row.variable}]",
             **optional,
         )
+        if row.group == "collectors":
+            parser.add_argument(
+                f"--no-{row.name}", dest=row.key, action="store_const", const="false", help=argparse.SUPPRESS
+            )
     return parser
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.collectors import COLLECTORS
 from exporter.config import OrganizationConfig, from_settings, load_config
 from exporter.settings import (
     DEFAULT_BASE_URL,
@@ -228,7 +229,8 @@ def test_every_row_is_in_help_with_its_variable_and_default():
         assert f"{row.flag} {row.metavar}" in help_text or f"{row.flag} [{row.metavar}]" in help_text
         assert f"{' '.join(row.help.split())}{default} [env {row.variable}]" in help_text
     options = {o for action in build_parser()._actions for o in action.option_strings}
-    assert options == {"-h", "--help", "--version"} | {row.flag for row in SETTINGS}
+    negations = {f"--no-{row.name}" for row in SETTINGS if row.group == "collectors"}
+    assert options == {"-h", "--help", "--version"} | {row.flag for row in SETTINGS} | negations
 
 
 def test_variables_are_named_after_the_flags_but_two():
@@ -248,21 +250,41 @@ def test_the_rows_are_the_fields_of_settings_and_organization_config():
         "poll_timeout",
         "poll_max_pages",
         "poll_concurrency",
+        "api_requests_per_second",
+        "poll_details_interval",
+        *(f"collector_{c.name.replace('-', '_')}" for c in COLLECTORS),
+        "log_emails",
         "per_project_metrics",
     ]
-    special = {"alias", "admin_key", "state_file", "key_source"}
-    assert {f.name for f in fields(OrganizationConfig)} - special == {row.key for row in PER_ORGANIZATION}
+    special = {"alias", "admin_key", "state_file", "key_source", "collectors"}
+    ungrouped = {row.key for row in PER_ORGANIZATION if not row.group}
+    assert {f.name for f in fields(OrganizationConfig)} - special == ungrouped
     assert {f.name for f in fields(Settings)} - {"admin_key", "organization_texts"} == {
         row.key for row in SETTINGS if not row.per_organization
     }
 
 
 def write_organization(path: Path, **keys: str) -> Path:
+    """An organization `a` with these keys; a key `collectors.NAME` goes in its `collectors` mapping."""
     # Quoted, so YAML hands each text over exactly as written here.
     lines = ["organizations:", "  - alias: a", "    admin_key_env: K"]
-    lines += [f"    {key}: {json.dumps(text)}" for key, text in keys.items()]
+    lines += [f"    {key}: {json.dumps(text)}" for key, text in keys.items() if not key.startswith("collectors.")]
+    switched = {key.removeprefix("collectors."): text for key, text in keys.items() if key.startswith("collectors.")}
+    if switched:
+        lines += ["    collectors:", *(f"      {name}: {json.dumps(text)}" for name, text in switched.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def config_key(row) -> str:
+    """Where --config.file sets a row: its key, or a collector's name under `collectors`."""
+    return "collectors." + row.name.removeprefix("collector.") if row.group else row.key
+
+
+def value(config: OrganizationConfig, row):
+    if row.group:
+        return row.name.removeprefix("collector.") in config.collectors
+    return getattr(config, row.key)
 
 
 def file_organization(path: Path, argv: list[str] = (), **keys: str) -> OrganizationConfig:
@@ -281,6 +303,10 @@ OTHER_VALUES = {
     "poll_max_pages": "3",
     "poll_concurrency": "4",
     "per_project_metrics": "off",
+    "api_requests_per_second": "0.5",
+    "poll_details_interval": "10m",
+    "log_emails": "yes",
+    **{f"collector_{c.name.replace('-', '_')}": str(not c.default) for c in COLLECTORS},
 }
 
 
@@ -288,17 +314,17 @@ OTHER_VALUES = {
 def test_each_config_key_means_what_its_flag_means(tmp_path, row):
     assert set(OTHER_VALUES) == {r.key for r in PER_ORGANIZATION}  # a new row needs its example here
     text = OTHER_VALUES[row.key]
-    by_flag = getattr(organization([row.flag, text], ENV), row.key)
-    by_variable = getattr(organization([], {**ENV, row.variable: text}), row.key)
-    by_key = getattr(file_organization(tmp_path / "organizations.yml", **{row.key: text}), row.key)
-    assert by_flag == by_variable == by_key != getattr(organization([], ENV), row.key)
+    by_flag = value(organization([f"{row.flag}={text}"], ENV), row)
+    by_variable = value(organization([], {**ENV, row.variable: text}), row)
+    by_key = value(file_organization(tmp_path / "organizations.yml", **{config_key(row): text}), row)
+    assert by_flag == by_variable == by_key != value(organization([], ENV), row)
 
 
 def test_an_organization_without_keys_has_the_flags_organization_values(tmp_path):
     argv = ["--api.base-url", "http://127.0.0.1:9/v1", "--poll.interval", "1m", "--api.max-retries", "2"]
     flags, configured = organization(argv, ENV), file_organization(tmp_path / "organizations.yml", argv)
     for row in PER_ORGANIZATION:
-        assert getattr(configured, row.key) == getattr(flags, row.key), row.key
+        assert value(configured, row) == value(flags, row), row.key
 
 
 def test_poll_timeout_follows_an_organizations_own_interval_unless_a_flag_sets_it(tmp_path):
@@ -330,6 +356,11 @@ BAD_VALUES = [
     ("poll.concurrency", "0"),
     ("poll.concurrency", "many"),
     ("metrics.per-project", "maybe"),
+    ("api.requests-per-second", "0"),
+    ("api.requests-per-second", "fast"),
+    ("poll.details-interval", "500ms"),
+    ("log.emails", "perhaps"),
+    *((f"collector.{c.name}", "sometimes") for c in COLLECTORS),
 ]
 
 
@@ -342,7 +373,7 @@ def test_every_per_organization_row_and_check_has_a_bad_value_below():
 @pytest.mark.parametrize("name, text", BAD_VALUES)
 def test_a_bad_value_has_one_reason_from_a_flag_a_variable_and_a_config_key(tmp_path, name, text):
     [row] = [r for r in SETTINGS if r.name == name]
-    config = write_organization(tmp_path / "organizations.yml", **{row.key: text})
+    config = write_organization(tmp_path / "organizations.yml", **{config_key(row): text})
     errors = []
     for attempt in (
         lambda: load([f"{row.flag}={text}"], ENV),
@@ -356,4 +387,4 @@ def test_a_bad_value_has_one_reason_from_a_flag_a_variable_and_a_config_key(tmp_
     by_flag, by_variable, by_flag_with_file, by_key = errors
     assert by_flag == by_variable == by_flag_with_file
     assert by_flag.startswith(f"{row.flag}: ")
-    assert by_key == f"--config.file: organization 'a': {row.key}: " + by_flag.removeprefix(f"{row.flag}: ")
+    assert by_key == f"--config.file: organization 'a': {config_key(row)}: " + by_flag.removeprefix(f"{row.flag}: ")
