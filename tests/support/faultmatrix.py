@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import sys
 
+from tests.support.detail_faults import (
+    DETAIL_PROJECTS,
+    DETAIL_ROWS,
+    DETAILS_INTERVAL,
+    REQUESTS_PER_SECOND,
+    DetailFaultRow,
+)
 from tests.support.faults import API_TIMEOUT, MATRIX_PROJECTS, MAX_RETRIES, POLL_INTERVAL, POLL_TIMEOUT, ROWS, FaultRow
 
 COMMAND = "python -m tests.support.faultmatrix > docs/fault-matrix.md"
@@ -107,10 +114,42 @@ def render_row(row: FaultRow) -> list[str]:
     ]
 
 
+DETAIL_INTRO = f"""
+## Detail endpoints
+
+Each row is one fault that `tests/test_detail_faults.py` injects into the requests of the
+collectors (`DETAIL_ROWS` in `tests/support/detail_faults.py`). The exporter runs with the
+default collectors, `--poll.details-interval {DETAILS_INTERVAL:g}s` and
+`--api.requests-per-second {REQUESTS_PER_SECOND}`; the organization has {DETAIL_PROJECTS} projects. The fault
+holds for a round of refreshes at least. For every row the test checks the faulted collector's
+`openai_collector_up`, which `openai_collector_failures_total{{collector,reason}}` moved (no
+other), that every other collector stays up and the project list keeps succeeding
+(`openai_up 1`), that no second holds more upstream requests than the budget allows, and that
+the collector is up again once the fault is removed.
+"""
+DETAIL_HEADER = ("id", "fault", "collector", "collector up", "reason", "/metrics while the fault holds", "also checked")
+
+
+def render_detail_row(row: DetailFaultRow) -> list[str]:
+    return [
+        f"`{row.id}`",
+        row.description,
+        f"`{row.collector}`",
+        "1" if row.up else "0",
+        f"`{row.reason}`" if row.reason else "none",
+        row.served,
+        _doc(row.check) if row.check else "-",
+    ]
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+
+
 def render() -> str:
-    lines = [INTRO, "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    for row in ROWS:
-        lines.append("| " + " | ".join(_cell(cell) for cell in render_row(row)) + " |")
+    lines = [INTRO, *_table(HEADER, [render_row(row) for row in ROWS])]
+    lines += [DETAIL_INTRO, *_table(DETAIL_HEADER, [render_detail_row(row) for row in DETAIL_ROWS])]
     return "\n".join(lines) + "\n"
 
 

@@ -150,10 +150,14 @@ class Switchboard:
 
     `arm(fault)` takes effect at the next request without a cursor (the first page of the next
     poll) and stays until `disarm()`. Every request is recorded in `arrivals`.
+
+    It sees the requests of the project list only, unless `watches` says otherwise: the
+    collectors' requests for each project's details pass through, unfaulted and unrecorded.
     """
 
-    def __init__(self, server: OrganizationServer):
+    def __init__(self, server: OrganizationServer, watches: Callable[[Request], bool] | None = None):
         self.server = server
+        self.watches = watches or (lambda request: request.path.rstrip("/") == LIST_PATH)
         self.arrivals: list[Arrival] = []
         self.active_since: float | None = None  # wall time the armed fault took effect
         self._pending: Fault | None = None
@@ -198,6 +202,8 @@ class Switchboard:
             return [a for a in self.arrivals if a.after is None]
 
     def __call__(self, request: Request) -> Response | None:
+        if not self.watches(request):
+            return None
         now, wall = time.monotonic(), time.time()
         with self._lock:
             if self._pending is not None and request.query.get("after") is None:
