@@ -125,6 +125,18 @@ def test_dashboard_covers_the_exporters_metrics():
         "openai_last_successful_poll_timestamp_seconds",
         "openai_poll_duration_seconds",
         "openai_api_requests_total",
+        # The Governance row, from the governance collectors.
+        "openai_project_users",
+        "openai_project_api_keys",
+        "openai_api_key_idle_seconds_count",
+        "openai_api_key_idle_seconds_bucket",
+        "openai_api_keys_never_used",
+        "openai_project_spend_limit",
+        "openai_project_spend_limit_enforcing",
+        "openai_project_certificate_expiry_timestamp_seconds",
+        "openai_collector_up",
+        "openai_collector_failures_total",
+        "openai_collector_projects_stale",
     ):
         assert re.search(rf"\b{metric}\{{", exprs), metric
 
@@ -286,7 +298,7 @@ def test_panel_query_returns_data(prometheus, variables, expr):
 
 @pytest.mark.slow
 def test_table_query_lists_every_project(prometheus, variables):
-    (table,) = [panel for panel in all_panels() if panel["type"] == "table"]
+    (table,) = [panel for panel in all_panels() if panel["type"] == "table" and panel["title"] == "Projects"]
     # One evaluation time for all, so every answer comes from the same scrape.
     at = time.time() - 1
     info, age, created = (prometheus.query(substitute(t["expr"], variables), at) for t in table["targets"])

@@ -6,6 +6,7 @@ failure there and a skip only on a developer's machine.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,8 @@ RULES_DIR = ROOT / "deploy" / "prometheus"
 RULE_FILES = sorted(RULES_DIR.glob("*.rules.yml"))
 TEST_FILES = sorted(RULES_DIR.glob("*.rules.test.yml"))
 COMPOSE_DIR = ROOT / "deploy" / "compose"
+# The alert table operators read.
+ALERTS_DOC = ROOT / "docs" / "deployment.md"
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +60,11 @@ def test_promtool_unit_tests(promtool):
 
 
 def test_every_alert_is_documented_and_tested_firing():
-    tested = set()
+    tested, quiet = set(), set()
     for path in TEST_FILES:
         for group in yaml.safe_load(path.read_text())["tests"]:
             for case in group.get("alert_rule_test", []):
-                if case.get("exp_alerts"):
-                    tested.add(case["alertname"])
+                (tested if case.get("exp_alerts") else quiet).add(case["alertname"])
     alerts = list(alerting_rules())
     names = {rule["alert"] for rule in alerts}
     assert {
@@ -71,11 +73,18 @@ def test_every_alert_is_documented_and_tested_firing():
         "OpenAIProjectsDataStale",
         "OpenAIAdminAPIAuthFailures",
         "OpenAIProjectsArchivedOrRemovedBurst",
+        "OpenAIProjectWithoutOwner",
+        "OpenAIProjectCertificateExpiringSoon",
+        "OpenAIProjectsCollectorFailing",
+        "OpenAIAPIKeysUnused90Days",
     } <= names
+    documented = set(re.findall(r"^\| `(\w+)` \|", ALERTS_DOC.read_text(), re.MULTILINE))
     for rule in alerts:
         assert rule["annotations"].get("summary") and rule["annotations"].get("description"), rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+        assert rule["alert"] in documented, f"{rule['alert']} is missing from the alert table of {ALERTS_DOC.name}"
         assert rule["alert"] in tested, f"{rule['alert']} has no unit test where it fires"
+        assert rule["alert"] in quiet, f"{rule['alert']} has no unit test where it stays quiet"
 
 
 @pytest.mark.slow
