@@ -48,9 +48,13 @@ class RequestBudget:
         self._condition = threading.Condition()
         self.granted = 0
 
-    def acquire(self, priority: int, stop: threading.Event, deadline: float | None = None) -> bool:
+    def acquire(
+        self, priority: int, stop: threading.Event, deadline: float | None = None, not_before: float = 0.0
+    ) -> bool:
         """Wait for a slot; False when `deadline` (a clock time) passes first.
 
+        A retry waits out its backoff here, `not_before`, rather than beside the budget: a
+        list poll waiting to retry then still holds back the details waiting behind it.
         BudgetCancelled when `stop` is set: the daemon is stopping.
         """
         with self._condition:
@@ -61,7 +65,7 @@ class RequestBudget:
                         raise BudgetCancelled()
                     now = self._clock()
                     ahead = any(self._waiting[:priority])
-                    if not ahead and now >= self._next_slot:
+                    if not ahead and now >= self._next_slot and now >= not_before:
                         # Spaced 1/rate from the last slot, not from now: a waiter woken a little
                         # late does not push every later slot back. Never from further back than
                         # LATE_SHARE of a slot, so no burst follows a lull: any two slots are at
@@ -72,7 +76,7 @@ class RequestBudget:
                         return True
                     if deadline is not None and now >= deadline:
                         return False
-                    wait = max(self._next_slot - now, 0.0) if not ahead else 0.5
+                    wait = max(self._next_slot - now, not_before - now, 0.0) if not ahead else 0.5
                     if deadline is not None:
                         wait = min(wait, max(deadline - now, 0.0))
                     # Bounded: a stop or a higher-priority waiter leaving wakes us by notify, but

@@ -260,8 +260,10 @@ class ApiClient:
         """Read the key and send it from now on; it may have rotated since the last use."""
         key = self.read_key()
         # On the client, not per request: merging per-request headers costs more than the
-        # JSON of a page.
-        self._http.headers["Authorization"] = f"Bearer {key}"
+        # JSON of a page. Set only when it changed: other threads may be sending with it.
+        header = f"Bearer {key}"
+        if self._http.headers.get("Authorization") != header:
+            self._http.headers["Authorization"] = header
         return key
 
     def get(
@@ -279,11 +281,18 @@ class ApiClient:
         Any other outcome raises PollError; `where` is added to the retry log lines.
         """
         attempt = 0
+        not_before = 0.0  # a retry's backoff, waited out in the budget
+        failure: PollError | None = None  # the last attempt's
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PollError("timeout", "the poll deadline passed (--poll.timeout)")
-            waited = self._take_budget(deadline)
+            waited = self._take_budget(deadline, not_before)
+            if waited is None:  # the deadline came first
+                if failure is None:
+                    raise PollError("timeout", "the poll deadline passed while waiting for the request budget")
+                failure.message += "; a retry would pass the poll deadline (the request budget is spent)"
+                raise failure
             if self._priority != LIST:
                 # Details wait behind the list and each other: only their time on the wire counts.
                 deadline += waited
@@ -327,21 +336,25 @@ class ApiClient:
                 request_id=failure.request_id,
                 **(where or {}),
             )
-            if self._stop.wait(delay):
+            if self.budget is not None:
+                not_before = time.monotonic() + delay
+            elif self._stop.wait(delay):
                 raise PollCancelled()
 
-    def _take_budget(self, deadline: float) -> float:
-        """Wait for a slot of the budget; the seconds waited."""
+    def _take_budget(self, deadline: float, not_before: float) -> float | None:
+        """Wait for a slot of the budget, and for a retry's backoff; the seconds waited beyond the
+        backoff, or None when the deadline passed first."""
         if self.budget is None:
             return 0.0
-        started = time.monotonic()
+        started = max(time.monotonic(), not_before)
         try:
-            granted = self.budget.acquire(self._priority, self._stop, deadline if self._priority == LIST else None)
+            limit = deadline if self._priority == LIST else None
+            granted = self.budget.acquire(self._priority, self._stop, limit, not_before)
         except BudgetCancelled:
             raise PollCancelled() from None
         if not granted:
-            raise PollError("timeout", "the poll deadline passed while waiting for the request budget")
-        return time.monotonic() - started
+            return None
+        return max(time.monotonic() - started, 0.0)
 
     def _request(
         self, url: str, params: Mapping[str, str | int], remaining: float, deadline: float

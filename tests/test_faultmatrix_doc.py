@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.support.faultmatrix import COMMAND, render
+from tests.support.detail_faults import DETAIL_ROWS
 from tests.support.faults import ROWS
 from tests.support.process import REPO
 
@@ -18,6 +19,7 @@ def test_the_document_is_the_table_rendered():
 
 def test_every_row_is_a_row_of_the_document():
     rows = [line for line in render().splitlines() if line.startswith("| `")]
-    assert [line.split("|")[1].strip().strip("`") for line in rows] == [row.id for row in ROWS]
-    assert len({row.id for row in ROWS}) == len(ROWS), "two rows share an id"
-    assert all(row.description for row in ROWS), "every row says what its fault is"
+    every = [*ROWS, *DETAIL_ROWS]
+    assert [line.split("|")[1].strip().strip("`") for line in rows] == [row.id for row in every]
+    assert len({row.id for row in every}) == len(every), "two rows share an id"
+    assert all(row.description for row in every), "every row says what its fault is"

@@ -10,6 +10,7 @@ import pytest
 
 from exporter.chains import fetch_projects
 from exporter.priority import LONGEST_PAUSE, PAUSE_RATIO, POLL_NICENESS, SCRAPES, ScrapesFirst
+from tests.support.process import NO_COLLECTORS
 from tests.support.procfs import thread_niceness
 from tests.support.upstream import Switchboard
 from tests.support.waiting import wait_for
@@ -122,7 +123,7 @@ def test_a_storm_of_scrapes_slows_a_poll_within_its_budget_and_never_stops_it(si
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness and /proc are Linux's")
 def test_only_the_poll_thread_runs_at_lower_priority(simulator, start_exporter):
     server = simulator(300, page_delay=0.3)  # three pages: the poll lasts about a second
-    process = start_exporter("--api.base-url", server.base_url, "--poll.interval", "1h")
+    process = start_exporter("--api.base-url", server.base_url, "--poll.interval", "1h", *NO_COLLECTORS)
     polling = wait_for(
         lambda: [t for t, n in thread_niceness(process.proc.pid).items() if n == POLL_NICENESS] or None,
         what="a thread at the poll's niceness",
@@ -135,3 +136,13 @@ def test_only_the_poll_thread_runs_at_lower_priority(simulator, start_exporter):
         lambda: POLL_NICENESS not in thread_niceness(process.proc.pid).values() or None, what="the poll thread to end"
     )
     assert "paused_for_scrapes" in process.events("poll_succeeded")[0]
+
+
+def test_the_collectors_refresh_at_the_polls_priority_too(simulator, start_exporter):
+    server = simulator(20)
+    process = start_exporter("--api.base-url", server.base_url, "--poll.interval", "1h", wait="ready")
+    process.wait_event("details_first_refresh")
+    niceness = thread_niceness(process.proc.pid)
+    assert niceness[process.proc.pid] == 0  # the main thread, and the server's, keep the normal priority
+    assert list(niceness.values()).count(POLL_NICENESS) >= 2  # the collectors' workers
+    assert process.get("/metrics").status_code == 200

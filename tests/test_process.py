@@ -14,7 +14,7 @@ from exporter.simulator import Response
 from exporter.snapshot import CHANGE_KINDS
 from exporter.upstream import POLL_FAILURE_REASONS
 from tests.support.metrics import PER_PROJECT_FAMILIES, Metrics, promtool_check, snapshot_series
-from tests.support.process import ExporterProcess, upstream_args
+from tests.support.process import NO_COLLECTORS, ExporterProcess, upstream_args
 from tests.support.upstream import (
     Switchboard,
     error,
@@ -68,7 +68,8 @@ def expect_matches_organization(metrics: Metrics, organization) -> None:
 def steady(tmp_path_factory):
     """An exporter that polled once and will not poll again during the module (interval 1h)."""
     server = start_simulator(250, seed=5)
-    process = ExporterProcess.start(upstream_args(server, interval="1h"), tmp_path_factory.mktemp("steady"))
+    args = upstream_args(server, *NO_COLLECTORS, interval="1h")  # the list alone: nothing runs between polls
+    process = ExporterProcess.start(args, tmp_path_factory.mktemp("steady"))
     try:
         process.wait_ready()
         process.wait_event("poll_succeeded")  # logged just after the snapshot is published

@@ -15,7 +15,7 @@ import pytest
 
 from exporter import state
 from tests.support.metrics import snapshot_series
-from tests.support.process import ExporterProcess
+from tests.support.process import NO_COLLECTORS, ExporterProcess
 from tests.support.upstream import Switchboard, error, start_simulator, stop_simulator
 from tests.support.waiting import wait_for
 
@@ -262,6 +262,9 @@ def test_sigkill_during_a_write_leaves_the_old_state_or_the_new_never_half(simul
         "30s",
         "--api.timeout",
         "10s",
+        "--api.requests-per-second",
+        "1000",
+        *NO_COLLECTORS,
     ]
     rng = random.Random(4)
     mid_write = 0

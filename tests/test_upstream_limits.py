@@ -25,6 +25,7 @@ from exporter.settings import AdminKey, parse_size
 from exporter.simulator import Response
 from exporter.upstream import BACKOFF_CAP, PAGE_SIZE, PollError, ProjectsClient, parse_page
 from tests.support.keys import KEY
+from tests.support.process import NO_COLLECTORS
 from tests.support.procfs import rss_kib
 from tests.support.upstream import Switchboard, error, fetch, header
 
@@ -263,6 +264,9 @@ def test_a_thousand_retries_then_a_computed_backoff_is_a_clean_failure(simulator
         "60s",
         "--poll.timeout",
         "10s",
+        "--api.requests-per-second",
+        "100000",  # a thousand retries within the deadline
+        *NO_COLLECTORS,
     )
     record = process.wait_event("poll_failed", timeout=30)
     assert record["reason"] == "http_error", record

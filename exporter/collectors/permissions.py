@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 from exporter.collectors.base import Change, Collector, Details, Family, Fetcher, Invalid, obj, sample, text
 
-
 KNOWN_TOOLS = ("file_search", "web_search", "image_generation", "mcp", "code_interpreter")  # the contract's
 
 

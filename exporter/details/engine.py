@@ -37,7 +37,6 @@ log = structlog.get_logger("exporter.details")
 PUBLISH_INTERVAL = 1.0  # seconds: refreshes that land together are published together
 MAINTENANCE_INTERVAL = 10.0  # seconds between recounts of stale projects
 MAX_WORKERS = 32
-KEY_REREAD = 60.0  # seconds between two reads of the admin key by the workers
 
 
 def workers_for(rate: float) -> int:
@@ -87,7 +86,6 @@ class DetailsEngine:
         self._first: dict[str, list[int]] = defaultdict(list)  # first refreshes since the last publication
         self._rounds_seen = 0
         self._previous_start = 0.0
-        self._key_read_at = -math.inf
         self._dirty = threading.Event()
         self.part: DetailsPart = EMPTY_PART
         self._threads: list[threading.Thread] = []
@@ -203,12 +201,9 @@ class DetailsEngine:
         self._complete(unit, collector, details, fetcher.memo)
 
     def _authorize(self) -> None:
-        """Read the key again now and then, as the list poll does before each poll: it may rotate."""
-        with self._lock:
-            if time.monotonic() - self._key_read_at < KEY_REREAD:
-                return
-            self._key_read_at = time.monotonic()
-            self._client.authorize()
+        """Read the key before each refresh, as the list poll does before each poll: a rotated or
+        emptied key file takes effect at once, for the details too."""
+        self._client.authorize()
 
     def _complete(self, unit: Unit, collector: Collector, details: Details, memo: Memo) -> None:
         now = time.time()
@@ -251,9 +246,9 @@ class DetailsEngine:
         message = redaction.scrub(message)
         with self._lock:
             self._failed_round.add(unit.collector)
-            if status == 403:
-                # A key without this scope, or a feature the organization lacks: the same answer
-                # for every project, so the rest of the round is not spent on it.
+            if reason == "auth":
+                # A key without this scope, a feature the organization lacks, or no key at all:
+                # the same answer for every project, so the rest of the round is not spent on it.
                 self._blocked.add(unit.collector)
         self.health.up.labels(unit.collector).set(0)
         self.health.failures.labels(unit.collector, reason).inc()
@@ -263,7 +258,7 @@ class DetailsEngine:
             project_id=unit.project_id,
             reason=reason,
             message=message,
-            skipped_until_next_round=status == 403,
+            skipped_until_next_round=reason == "auth",
         )
 
     # -- publication ----------------------------------------------------------------------------

@@ -323,7 +323,9 @@ ROWS: list[FaultRow] = [
         reason="rate_limited",
         message="would pass the poll deadline",
         retried="rate_limited",
-        requests=(4, 4),
+        # Each 429 also halves the request budget's rate, which earlier rows may have cut
+        # already: the retry after the second Retry-After may no longer fit before the deadline.
+        requests=(3, 4),
         gap=(0.95, 1.6),
         code="429",
     ),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from exporter.collectors import COLLECTORS
 from tests.support import net
 from tests.support.keys import KEY
 from tests.support.metrics import Metrics
@@ -73,6 +74,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str, sta
     assert lines[0].startswith(REFUSAL_PREFIX + starts), lines[0]
     assert message in lines[0], (message, lines[0])
     assert KEY not in result.stderr
+
+
+# For tests of the project list alone: the collectors' requests would be counted with its own.
+NO_COLLECTORS = tuple(f"--no-collector.{collector.name}" for collector in COLLECTORS if collector.default)
 
 
 def upstream_args(server, *extra: str, interval: str = "1s") -> list[str]:
