@@ -1,3 +1,3 @@
 """The fixtures live in the harness package, tests/support/fixtures.py."""
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.details"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.support.faultmatrix import COMMAND, render
 from tests.support.detail_faults import DETAIL_ROWS
+from tests.support.faultmatrix import COMMAND, render
 from tests.support.faults import ROWS
 from tests.support.process import REPO
 

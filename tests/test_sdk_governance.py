@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from exporter.simulator import SimulatedOrganization
+from tests.support.details import samples
 from tests.support.keys import KEY
 
 NOW = 1_750_000_000
@@ -177,3 +178,41 @@ def test_sdk_reads_bad_paging_parameters_as_bad_requests(server):
         with pytest.raises(openai.BadRequestError) as bad_cursor:
             client.admin.organization.projects.certificates.list(server.project_id, after="cert_missing")
     assert (bad_limit.value.param, bad_cursor.value.param) == ("limit", "after")
+
+
+# -- what the SDK reads is what the exporter publishes ---------------------------------------------
+
+
+def test_the_sdk_and_the_exporter_see_the_same_governance(harness):
+    h = harness(15, seed=31).start()
+    families = h.families()
+    keys = samples(families, "openai_project_api_key_info")
+    users = samples(families, "openai_project_users")
+    accounts = samples(families, "openai_project_service_accounts")
+    limits = samples(families, "openai_project_spend_limit")
+    with sdk(h.server) as client:
+        projects = client.admin.organization.projects
+        for project_id in h.active():
+            by_sdk = list(projects.api_keys.list(project_id, owner_project_access="any", limit=PAGE))
+            exported = {
+                (labels["api_key_id"], labels["owner_type"], labels["owner_id"], labels["name"])
+                for labels in (dict(k) for k in keys)
+                if labels["project_id"] == project_id
+            }
+            owner = [getattr(k.owner, k.owner.type) for k in by_sdk]
+            assert exported == {(k.id, k.owner.type, o.id, k.name) for k, o in zip(by_sdk, owner, strict=True)}
+            members = list(projects.users.list(project_id, limit=PAGE))
+            for role in ("owner", "member"):
+                count = sum(1 for m in members if m.role == role)
+                assert users[(("project_id", project_id), ("role", role))] == count
+            service_accounts = list(projects.service_accounts.list(project_id, limit=PAGE))
+            for role in ("owner", "member", "none"):
+                count = sum(1 for a in service_accounts if a.role == role)
+                assert accounts[(("project_id", project_id), ("role", role))] == count
+            try:
+                limit = projects.spend_limit.retrieve(project_id)
+            except openai.NotFoundError:
+                assert not [k for k in limits if dict(k)["project_id"] == project_id]
+            else:
+                labels = (("currency", limit.currency), ("interval", limit.interval), ("project_id", project_id))
+                assert limits[labels] == limit.threshold_amount / 100

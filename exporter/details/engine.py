@@ -31,7 +31,7 @@ from exporter.details.render import EMPTY_PART, DetailsPart, DetailsRenderer, En
 from exporter.details.schedule import Schedule, Unit
 from exporter.priority import lower_thread_priority
 from exporter.snapshot import ACTIVE, Snapshot
-from exporter.upstream import ApiClient, PollCancelled, PollError
+from exporter.upstream import KEEPALIVE_EXPIRY, ApiClient, PollCancelled, PollError
 
 log = structlog.get_logger("exporter.details")
 PUBLISH_INTERVAL = 1.0  # seconds: refreshes that land together are published together
@@ -86,7 +86,10 @@ class DetailsEngine:
         self._first: dict[str, list[int]] = defaultdict(list)  # first refreshes since the last publication
         self._rounds_seen = 0
         self._previous_start = 0.0
-        self._dirty = threading.Event()
+        self._dirty_since: float | None = None  # when a refresh first changed something not yet published
+        self._busy = 0  # units being refreshed
+        self._connected = False  # whether a refresh may have left a connection open
+        self._counted_at = 0.0  # when the stale projects were last counted
         self.part: DetailsPart = EMPTY_PART
         self._threads: list[threading.Thread] = []
 
@@ -131,7 +134,6 @@ class DetailsEngine:
     def start(self, workers: int) -> None:
         for number in range(workers):
             self._threads.append(threading.Thread(target=self._work, name=f"details-{number}", daemon=True))
-        self._threads.append(threading.Thread(target=self._publisher, name="details-publish", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -147,19 +149,34 @@ class DetailsEngine:
                 return
             except Exception as exc:  # a bug must not kill a worker nor print a traceback
                 self._failed(unit, "internal", f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def _next_unit(self) -> Unit | None:
-        with self._lock:
-            while not self._stop.is_set():
+        """The next unit due, or None when stopping; between units a worker also publishes, so
+        that the engine needs no thread of its own for it."""
+        while not self._stop.is_set():
+            self._housekeeping()
+            with self._lock:
                 unit = self._schedule.take()
                 self._round_bookkeeping()
-                if unit is None:
-                    wait = self._schedule.next_wake() - self._clock()
-                    self._lock.wait(min(max(wait, 0.01), 1.0))
-                elif unit.collector in self._blocked:
+                if unit is not None:
+                    if unit.collector not in self._blocked:
+                        self._busy += 1
+                        self._connected = True
+                        return unit
                     continue
-                else:
-                    return unit
+                wait = self._schedule.next_wake() - self._clock()
+                if wait > KEEPALIVE_EXPIRY and self._connected and not self._busy:
+                    # Nothing in flight and nothing due before the connections expire: close them
+                    # rather than hold their descriptors until the next refresh (httpx reaps idle
+                    # connections only when the pool is next used).
+                    self._client.release_connections()
+                    self._connected = False
+                if self._dirty_since is not None:
+                    wait = min(wait, self._dirty_since + PUBLISH_INTERVAL - time.monotonic())
+                self._lock.wait(min(max(wait, 0.01), 1.0))
         return None
 
     def _round_bookkeeping(self) -> None:
@@ -212,7 +229,7 @@ class DetailsEngine:
             if unit.project_id is None:
                 if self._organization.get(unit.collector, object()) != details:
                     self._organization[unit.collector] = details
-                    self._dirty.set()
+                    self._changed()
                 self._succeeded(unit.collector)
                 return
             if unit.project_id not in self._active:
@@ -229,7 +246,7 @@ class DetailsEngine:
             if changes is None:
                 self._first[unit.collector].append(collector.count(details))
             self._succeeded(unit.collector)
-            self._dirty.set()
+            self._changed()
         for change in changes or ():
             self._log_change(unit, change)
 
@@ -263,18 +280,33 @@ class DetailsEngine:
 
     # -- publication ----------------------------------------------------------------------------
 
-    def _publisher(self) -> None:
-        last_maintenance = 0.0
-        while not self._stop.is_set():
-            if self._dirty.wait(MAINTENANCE_INTERVAL):
-                self._stop.wait(PUBLISH_INTERVAL)  # let refreshes that land together go together
-                self._dirty.clear()
-                with self._lock:
-                    part = self._compose()
-                self._publish(part)
-            if time.monotonic() - last_maintenance >= MAINTENANCE_INTERVAL:
-                self.count_stale()
-                last_maintenance = time.monotonic()
+    def _changed(self) -> None:
+        """Under the lock: something to publish; refreshes landing within PUBLISH_INTERVAL go together."""
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    def _housekeeping_due(self) -> bool:
+        """Under the lock."""
+        now = time.monotonic()
+        publish = self._dirty_since is not None and now - self._dirty_since >= PUBLISH_INTERVAL
+        return publish or now - self._counted_at >= MAINTENANCE_INTERVAL
+
+    def _housekeeping(self) -> None:
+        """Publish what changed, and count the stale projects now and then."""
+        part = None
+        with self._lock:
+            if not self._housekeeping_due():
+                return
+            if self._dirty_since is not None and time.monotonic() - self._dirty_since >= PUBLISH_INTERVAL:
+                self._dirty_since = None
+                part = self._compose()
+            count = time.monotonic() - self._counted_at >= MAINTENANCE_INTERVAL
+            if count:
+                self._counted_at = time.monotonic()
+        if part is not None:
+            self._publish(part)
+        if count:
+            self.count_stale()
 
     def _compose(self) -> DetailsPart:
         """Under the lock: the part of the current entries; logs the first refreshes it holds."""

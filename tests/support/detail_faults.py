@@ -138,13 +138,13 @@ DETAIL_ROWS = (
     ),
     DetailFaultRow(
         "429-storm",
-        "every detail endpoint answers 429 with `retry-after-ms: 200`",
+        "every project's users answer 429 with `retry-after-ms: 200`",
         "users",
         _storm,
-        lambda request: request.path.rstrip("/") != LIST_PATH,
+        _endpoint("/users"),
         up=False,
         reason="rate_limited",
-        served="the last good details; the budget slows the whole exporter, the project list goes first",
+        served="the last good users; the budget slows every collector, the project list goes first",
         check=_storm_check,
         hold=2 * HOLD,  # every request waits out a Retry-After, at a rate cut down to a sixteenth
     ),
