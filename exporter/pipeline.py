@@ -63,7 +63,8 @@ class Published:
         with self._lock:
             if projects is not None:
                 self._projects = projects
-            if details is not None:
+            # A worker may publish a part composed before the one the list poll just published.
+            if details is not None and details.generation >= self._details.generation:
                 self._details = details
             if self._projects.snapshot is None:
                 self.current = self._projects  # no details before the first project list

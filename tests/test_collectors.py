@@ -1261,3 +1261,18 @@ def test_any_label_text_reads_back_unchanged(name, project_id):
     assert metrics.series("openai_project_api_key_info") == {
         labels(project_id=project_id, api_key_id="key_1", name=name, owner_type="user", owner_id="user_abc"): 1
     }
+
+
+@pytest.mark.parametrize(
+    ("collector", "item"),
+    [
+        (API_KEYS, lambda name: parse_key(api_key("key_1", name=name))),
+        (CERTIFICATES, lambda name: parse_certificate(certificate("cert_1", name=name))),
+    ],
+    ids=["api-keys", "certificates"],
+)
+def test_an_email_in_a_free_text_name_never_reaches_a_metric(collector, item):
+    record = item("deploy key of Alice.Smith+ci@corp.example.org (rotated)")
+    text = b"".join(collector.render(PROJECT, (record,), True)).decode()
+    assert "@" not in text and "corp.example.org" not in text
+    assert "deploy key of [email] (rotated)" in text

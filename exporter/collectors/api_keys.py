@@ -28,6 +28,7 @@ from exporter.collectors.base import (
     sample,
     text,
     unique,
+    without_emails,
 )
 from exporter.exposition import SOURCE
 
@@ -90,7 +91,11 @@ def render(project_id: str, keys: Details, per_item: bool) -> Sequence[bytes]:
     for key in keys:
         labels = {"project_id": project_id, "api_key_id": key.id}
         info.append(
-            sample(INFO.name, labels | {"name": key.name, "owner_type": key.owner_type, "owner_id": key.owner_id}, 1)
+            sample(
+                INFO.name,
+                labels | {"name": without_emails(key.name), "owner_type": key.owner_type, "owner_id": key.owner_id},
+                1,
+            )
         )
         created.append(sample(CREATED.name, labels, key.created_at))
         if key.last_used_at is not None:

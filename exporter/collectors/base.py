@@ -9,6 +9,7 @@ publication (exporter/details.py does both).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -139,6 +140,19 @@ def sample(name: str, labels: Mapping[str, str | None], value: float | str) -> s
     """One line of exposition; a str value is written as it is (see `cents`)."""
     inner = ",".join(f'{key}="{escape_label_value(label)}"' for key, label in labels.items())
     return f"{name}{{{inner}}} {value if isinstance(value, str) else format_value(value)}\n"
+
+
+_EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[^\s@\"'<>(),;:]+")
+
+
+def without_emails(text: str | None) -> str | None:
+    """A free-text label (a key's or a certificate's name) with any email address masked.
+
+    Names are free text, and people name keys after themselves; no email may reach a metric.
+    """
+    if not text or "@" not in text:
+        return text
+    return _EMAIL.sub("[email]", text)
 
 
 def cents(amount: int) -> str:

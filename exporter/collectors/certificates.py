@@ -19,6 +19,7 @@ from exporter.collectors.base import (
     sample,
     text,
     unique,
+    without_emails,
 )
 
 
@@ -60,7 +61,11 @@ def render(project_id: str, certificates: Details, per_item: bool) -> Sequence[b
     counts = {"true": 0, "false": 0} | Counter("true" if c.active else "false" for c in certificates)
     count = "".join(sample(COUNT.name, {"project_id": project_id, "active": a}, n) for a, n in counts.items())
     expiry = [
-        sample(EXPIRY.name, {"project_id": project_id, "certificate_id": c.id, "name": c.name}, c.expires_at)
+        sample(
+            EXPIRY.name,
+            {"project_id": project_id, "certificate_id": c.id, "name": without_emails(c.name)},
+            c.expires_at,
+        )
         for c in certificates
         if per_item and c.expires_at is not None
     ]

@@ -82,7 +82,7 @@ class DetailsEngine:
         self._memos: dict[Unit, Memo] = {}
         self._failed_round: set[str] = set()  # collectors with a failed fetch in the current round
         self._failed_last_round: set[str] = set()  # ... and in the last complete one
-        self._blocked: set[str] = set()  # collectors refused with 403: skipped until the next round
+        self._blocked: set[str] = set()  # collectors refused for auth: skipped until the next round
         self._first: dict[str, list[int]] = defaultdict(list)  # first refreshes since the last publication
         self._rounds_seen = 0
         self._previous_start = 0.0
@@ -91,7 +91,6 @@ class DetailsEngine:
         self._connected = False  # whether a refresh may have left a connection open
         self._counted_at = 0.0  # when the stale projects were last counted
         self.part: DetailsPart = EMPTY_PART
-        self._threads: list[threading.Thread] = []
 
     # -- the list poll's side -------------------------------------------------------------------
 
@@ -133,9 +132,7 @@ class DetailsEngine:
 
     def start(self, workers: int) -> None:
         for number in range(workers):
-            self._threads.append(threading.Thread(target=self._work, name=f"details-{number}", daemon=True))
-        for thread in self._threads:
-            thread.start()
+            threading.Thread(target=self._work, name=f"details-{number}", daemon=True).start()
 
     def _work(self) -> None:
         lower_thread_priority()
@@ -298,7 +295,6 @@ class DetailsEngine:
             if not self._housekeeping_due():
                 return
             if self._dirty_since is not None and time.monotonic() - self._dirty_since >= PUBLISH_INTERVAL:
-                self._dirty_since = None
                 part = self._compose()
             count = time.monotonic() - self._counted_at >= MAINTENANCE_INTERVAL
             if count:
@@ -311,6 +307,7 @@ class DetailsEngine:
     def _compose(self) -> DetailsPart:
         """Under the lock: the part of the current entries; logs the first refreshes it holds."""
         self.part = self._renderer.compose(self.collectors, self._order, self._entries, self._organization)
+        self._dirty_since = None
         for name, counts in self._first.items():
             log.info("details_first_refresh", collector=name, projects=len(counts), items=sum(counts))
         self._first.clear()

@@ -34,6 +34,8 @@ class DetailsPart(NamedTuple):
     raw: Sequence[Buffer] = ()
     deflated: Sequence[Buffer] = ()
     live: Sequence[Callable[[float], Iterable[Metric]]] = ()  # families that move with the clock
+    # Composed in this order: a part composed before another is never published after it.
+    generation: int = 0
 
 
 EMPTY_PART = DetailsPart()
@@ -45,6 +47,7 @@ class DetailsRenderer:
         self._runs: dict[tuple[bytes, ...], Piece] = {}
         self._headers: dict[bytes, Piece] = {}
         self._secrets = redaction.generation()
+        self._generation = 0
 
     def compose(
         self,
@@ -87,7 +90,8 @@ class DetailsRenderer:
                 if aggregate.live is not None:
                     live.append(aggregate.live)
         self._runs = runs
-        return DetailsPart(raw, deflated, live)
+        self._generation += 1
+        return DetailsPart(raw, deflated, live, self._generation)
 
     def _header(self, header: bytes) -> Piece:
         piece = self._headers.get(header)
