@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
@@ -128,15 +128,24 @@ class AgeIndex:
             f"Age of the projects at scrape time, by status, {SOURCE}.",
             labels=["status"],
         )
-        for status, created in self.created_sorted.items():
-            total = len(created)
-            # age <= bound  <=>  created_at >= now - bound
-            buckets = [
-                (floatToGoString(bound), total - bisect.bisect_left(created, now - bound)) for bound in AGE_BUCKETS
-            ]
-            buckets.append(("+Inf", total))
-            family.add_metric([status], buckets, total * now - self.created_sum[status])
-        return family
+        return elapsed_histogram(family, self.created_sorted, self.created_sum, now, AGE_BUCKETS)
+
+
+def elapsed_histogram(
+    family: HistogramMetricFamily,
+    since: Mapping[str, Sequence[float]],
+    sums: Mapping[str, float],
+    now: float,
+    bounds: Sequence[float],
+) -> HistogramMetricFamily:
+    """The time elapsed at `now` since each moment of `since` (sorted, per label value), in O(buckets x log N)."""
+    for label, moments in since.items():
+        total = len(moments)
+        # elapsed <= bound  <=>  moment >= now - bound
+        buckets = [(floatToGoString(bound), total - bisect.bisect_left(moments, now - bound)) for bound in bounds]
+        buckets.append(("+Inf", total))
+        family.add_metric([label], buckets, total * now - sums[label])
+    return family
 
 
 class Piece(NamedTuple):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from exporter.budget import DETAILS, LIST, MIN_RATE_SHARE, BudgetCancelled, RequestBudget
+from tests.support.upstream import most_in_one_second
 
 
 def take(budget: RequestBudget, priority: int, times: int, granted: list[tuple[float, int]], stop=None) -> None:
@@ -15,16 +16,6 @@ def take(budget: RequestBudget, priority: int, times: int, granted: list[tuple[f
     for _ in range(times):
         budget.acquire(priority, stop)
         granted.append((time.monotonic(), priority))
-
-
-def most_in_one_second(times: list[float]) -> int:
-    times = sorted(times)
-    most, first = 0, 0
-    for last, moment in enumerate(times):
-        while moment - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 def test_no_second_holds_more_than_the_rate_and_one_whoever_asks():

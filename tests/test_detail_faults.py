@@ -26,7 +26,7 @@ from tests.support.detail_faults import (
 )
 from tests.support.metrics import Metrics
 from tests.support.process import ExporterProcess
-from tests.support.upstream import start_simulator, stop_simulator
+from tests.support.upstream import most_in_one_second, start_simulator, stop_simulator
 
 pytestmark = pytest.mark.slow
 DEFAULTS = [c.name for c in COLLECTORS if c.default]
@@ -59,15 +59,6 @@ def _failures(metrics: Metrics) -> dict[tuple[str, str], float]:
         for c in DEFAULTS
         for r in POLL_FAILURE_REASONS
     }
-
-
-def most_in_one_second(times: list[float]) -> int:
-    most, first = 0, 0
-    for last, moment in enumerate(times):
-        while moment - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 @pytest.mark.parametrize("row", DETAIL_ROWS, ids=[row.id for row in DETAIL_ROWS])

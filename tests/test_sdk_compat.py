@@ -11,21 +11,8 @@ import math
 import openai
 import pytest
 
-from tests.support.keys import KEY
+from tests.support.sdk import sdk
 from tests.support.upstream import fetch, list_requests
-
-
-def sdk(server, key: str = KEY) -> openai.OpenAI:
-    # Everything explicit: the SDK would otherwise read OPENAI_* variables from the environment.
-    return openai.OpenAI(
-        api_key="sk-unused-project-key",
-        admin_api_key=key,
-        base_url=server.base_url,
-        organization=None,
-        project=None,
-        max_retries=0,
-        timeout=10,
-    )
 
 
 def fields(project) -> tuple:

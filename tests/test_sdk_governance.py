@@ -15,22 +15,10 @@ from pydantic import BaseModel
 from exporter.simulator import SimulatedOrganization
 from tests.support.details import samples
 from tests.support.keys import KEY
+from tests.support.sdk import sdk
 
 NOW = 1_750_000_000
 PAGE = 2  # small, so that every list takes several pages
-
-
-def sdk(server) -> openai.OpenAI:
-    # Everything explicit: the SDK would otherwise read OPENAI_* variables from the environment.
-    return openai.OpenAI(
-        api_key="sk-unused-project-key",
-        admin_api_key=KEY,
-        base_url=server.base_url,
-        organization=None,
-        project=None,
-        max_retries=0,
-        timeout=10,
-    )
 
 
 def raw_pages(server, path: str, **params) -> list[dict]:

@@ -8,47 +8,32 @@ determinism, changes made by tests and by churn.
 
 from __future__ import annotations
 
-import copy
 import re
 import threading
-from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
-import yaml
 
 from exporter.simulated_governance import LIST_DEFAULT_LIMITS, PROJECT_RESOURCES, RESOURCES, SINGLE_RESOURCES
 from exporter.simulator import Response, SimulatedOrganization, error_body, start_churn
+from tests.support.governance import closed_components, contract
 from tests.support.keys import KEY
 from tests.support.waiting import wait_for
 
-SPEC = Path(__file__).resolve().parent / "contracts" / "openai-admin-governance-and-spend.openapi.yaml"
 NOW = 1_750_000_000  # the organization's present, so that every run generates the same data
 DAY = 86_400
 
 
-def _closed(schema):
-    """The schema with `additionalProperties: false` on every object that lists its properties."""
-    if isinstance(schema, list):
-        return [_closed(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    closed = {name: _closed(value) for name, value in schema.items()}
-    if "properties" in schema:
-        closed.setdefault("additionalProperties", False)
-    return closed
-
-
 @pytest.fixture(scope="module")
 def spec():
-    return yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return contract()
 
 
 @pytest.fixture(scope="module")
 def validate(spec):
     """validate(document, path, status): the document matches the spec's schema for that GET answer."""
-    components = _closed(copy.deepcopy(spec["components"]))
+    components = closed_components()
 
     def check(document, path: str, status: int = 200) -> None:
         if status == 200:

@@ -7,13 +7,11 @@ are exactly the keys a review looks for.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from prometheus_client.core import HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
 from exporter.collectors.base import (
     Aggregate,
@@ -30,7 +28,7 @@ from exporter.collectors.base import (
     unique,
     without_emails,
 )
-from exporter.exposition import SOURCE
+from exporter.exposition import SOURCE, elapsed_histogram
 
 OWNER_TYPES = ("user", "service_account")
 IDLE_BUCKETS = tuple(days * 86400.0 for days in (1, 7, 30, 90, 180, 365))
@@ -119,7 +117,7 @@ def _fields(key: ApiKey, emails: bool) -> dict[str, object]:
 
 
 class IdleIndex:
-    """Per owner type, the sorted times each key was last used (or created): the histogram in O(buckets log N)."""
+    """Per owner type, the sorted times each key was last used (or created), for the histogram at scrape time."""
 
     def __init__(self, keys: Iterable[ApiKey]):
         by_type: dict[str, list[float]] = {t: [] for t in OWNER_TYPES}
@@ -137,13 +135,7 @@ class IdleIndex:
             f"Time since each API key was last used, or created when never used, at scrape time, {SOURCE}.",
             labels=["owner_type"],
         )
-        for owner_type, since in self.since.items():
-            total = len(since)
-            # idle <= bound  <=>  since >= now - bound
-            buckets = [(floatToGoString(b), total - bisect.bisect_left(since, now - b)) for b in IDLE_BUCKETS]
-            buckets.append(("+Inf", total))
-            family.add_metric([owner_type], buckets, total * now - self.sums[owner_type])
-        return family
+        return elapsed_histogram(family, self.since, self.sums, now, IDLE_BUCKETS)
 
 
 def aggregate(all_keys: Iterable[Details], per_item: bool) -> Aggregate:

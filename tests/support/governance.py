@@ -25,6 +25,24 @@ def contract() -> dict[str, Any]:
     return yaml.load(CONTRACT.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+def closed(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists its properties:
+    whatever is checked against it may add no field the contract does not name."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {name: closed(value) for name, value in schema.items()}
+    if "properties" in schema:
+        result.setdefault("additionalProperties", False)
+    return result
+
+
+@cache
+def closed_components() -> dict[str, Any]:
+    return closed(contract()["components"])
+
+
 def contract_example(schema: str) -> dict[str, Any]:
     """The example object the contract documents for `schema` (a fresh copy)."""
     return json.loads(contract()["components"]["schemas"][schema]["x-oaiMeta"]["example"])

@@ -52,6 +52,17 @@ def stop_simulator(server: OrganizationServer) -> None:
 # -- requests ----------------------------------------------------------------------------
 
 
+def most_in_one_second(times: list[float]) -> int:
+    """The most of these moments that any one-second window holds."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 def header(request: Request, name: str) -> str | None:
     for key, value in request.headers.items():
         if key.lower() == name.lower():
