@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter.collectors import COLLECTORS
 from tests.support.net import free_port
 from tests.support.process import ExporterProcess
 from tests.support.waiting import wait_for
@@ -234,7 +235,9 @@ def prometheus(tmp_path_factory):
             pytest.fail("prometheus is not installed; CI must apt-get install prometheus")
         pytest.skip("prometheus binary not found (Debian package: prometheus)")
     tmp = tmp_path_factory.mktemp("prometheus")
-    exporter = ExporterProcess.start(["--demo", "--poll.interval", "2s"], tmp, key=None)
+    # Every collector, the ones off by default too: each Governance panel has data to show.
+    every = [f"--collector.{collector.name}" for collector in COLLECTORS]
+    exporter = ExporterProcess.start(["--demo", "--poll.interval", "2s", *every], tmp, key=None)
     server = None
     try:
         exporter.wait_ready()  # on its port for good: Prometheus is told where to scrape
@@ -249,6 +252,15 @@ def prometheus(tmp_path_factory):
             )
 
         wait_for(history, 90, interval=0.5, what="Prometheus to get 10 good scrapes")
+        # The demo's churn keeps adding projects, so a collector may always have one to catch up
+        # on: wait for the last families of the first round of details instead.
+        wait_for(
+            lambda: server.query(f'count(openai_project_certificate_expiry_timestamp_seconds{{job="{JOB}"}}) > 5')
+            and server.query(f'min(openai_collector_up{{job="{JOB}"}}) == 1'),
+            90,
+            interval=0.5,
+            what="every collector's details",
+        )
         yield server
     finally:
         if server is not None:

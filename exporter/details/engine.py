@@ -205,7 +205,8 @@ class DetailsEngine:
             log.debug("details_project_gone", collector=unit.collector, project_id=unit.project_id)
             return
         except PollError as exc:
-            self._failed(unit, exc.reason, exc.message, exc.status)
+            if not self._stop.is_set():  # stopping closes the connections under a request: no failure
+                self._failed(unit, exc.reason, exc.message, exc.status)
             return
         except Invalid as exc:
             self._failed(unit, "invalid_response", str(exc))
