@@ -255,8 +255,10 @@ def prometheus(tmp_path_factory):
         # The demo's churn keeps adding projects, so a collector may always have one to catch up
         # on: wait for the last families of the first round of details instead.
         wait_for(
-            lambda: server.query(f'count(openai_project_certificate_expiry_timestamp_seconds{{job="{JOB}"}}) > 5')
-            and server.query(f'min(openai_collector_up{{job="{JOB}"}}) == 1'),
+            lambda: (
+                server.query(f'count(openai_project_certificate_expiry_timestamp_seconds{{job="{JOB}"}}) > 5')
+                and server.query(f'min(openai_collector_up{{job="{JOB}"}}) == 1')
+            ),
             90,
             interval=0.5,
             what="every collector's details",
