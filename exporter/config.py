@@ -55,6 +55,9 @@ class OrganizationConfig:
     api_requests_per_second: float
     poll_details_interval: float
     log_emails: bool
+    usage_endpoints: tuple[str, ...]
+    poll_spend_interval: float
+    poll_spend_lookback: float
     collectors: tuple[str, ...]  # the names of the collectors switched on, in the table's order
     state_file: Path | None = None
     key_source: str = ""  # where the key comes from, to tell a changed source on reload

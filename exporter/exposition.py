@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
@@ -200,25 +200,46 @@ class Exposition:
         self.age_index = age_index or AgeIndex.build(())
         self.raw = list(raw)
         self.deflated = list(deflated)  # the raw bytes as one deflate stream without a final block
-        crc = size = 0
-        for part in self.raw:
-            crc = zlib.crc32(part, crc)
-            size += len(part)
-        self._crc, self._size = crc, size
+        self.openmetrics: dict[int, Piece] = {}  # buffers that OpenMetrics scrapes get instead, by position
+        self._crc, self._size = _crc(self.raw)
+        self._openmetrics_crc = self._crc
 
-    def extended(self, raw: Sequence[Buffer], deflated: Sequence[Buffer]) -> Exposition:
-        """These bytes followed by more: the projects' exposition and the collectors' details.
+    def extended(self, parts: Iterable[Part]) -> Exposition:
+        """These bytes followed by more: the projects' exposition, the details, the spend.
 
-        The CRC goes on from this exposition's own, so only the new bytes are read.
+        The CRC goes on from this exposition's own, so only the new bytes are read. A part's
+        OpenMetrics variants (a counter's header, see `Part`) are kept by their position here.
         """
-        if not raw:
+        parts = [part for part in parts if part.raw]
+        if not parts:
             return self
         again = copy.copy(self)
-        again.raw, again.deflated = [*self.raw, *raw], [*self.deflated, *deflated]
-        for part in raw:
-            again._crc = zlib.crc32(part, again._crc)
-            again._size += len(part)
+        again.raw, again.deflated = list(self.raw), list(self.deflated)
+        again.openmetrics = dict(self.openmetrics)
+        for part in parts:
+            offset = len(again.raw)
+            again.openmetrics.update({offset + index: piece for index, piece in part.openmetrics.items()})
+            again.raw += part.raw
+            again.deflated += part.deflated
+        swaps = bool(again.openmetrics)
+        crc, size, openmetrics_crc = self._crc, self._size, self._openmetrics_crc
+        for part in parts:
+            for index, buffer in enumerate(part.raw):
+                crc = zlib.crc32(buffer, crc)
+                size += len(buffer)
+                if swaps:  # the same bytes but for the variants: a second pass only when there are any
+                    variant = part.openmetrics.get(index)
+                    openmetrics_crc = zlib.crc32(variant.raw if variant else buffer, openmetrics_crc)
+        again._crc, again._size = crc, size
+        again._openmetrics_crc = openmetrics_crc if swaps else crc
         return again
+
+    def _swapped(self, buffers: list[Buffer], which: int) -> list[Buffer]:
+        """The buffers with the OpenMetrics variants in place: `which` 0 for raw, 1 for deflated."""
+        swapped = list(buffers)
+        for index, piece in self.openmetrics.items():
+            swapped[index] = piece[which]
+        return swapped
 
     def republish(self, snapshot: Snapshot) -> Exposition:
         """The same bytes for a newer snapshot of the very same projects."""
@@ -226,15 +247,43 @@ class Exposition:
         again.snapshot = snapshot
         return again
 
-    def body(self, tail: bytes) -> list[Buffer]:
-        return [*self.raw, tail]
+    def body(self, tail: bytes, openmetrics: bool = False) -> list[Buffer]:
+        raw = self._swapped(self.raw, 0) if openmetrics and self.openmetrics else self.raw
+        return [*raw, tail]
 
-    def gzip_body(self, tail: bytes, deflated_tail: bytes | None = None) -> list[Buffer]:
+    def gzip_body(self, tail: bytes, deflated_tail: bytes | None = None, openmetrics: bool = False) -> list[Buffer]:
         """A gzip stream: header, cached deflated bytes, the tail as the final block, CRC and size."""
         if deflated_tail is None:
             deflated_tail = deflate_final(tail)
-        trailer = struct.pack("<II", zlib.crc32(tail, self._crc), (self._size + len(tail)) & 0xFFFFFFFF)
-        return [GZIP_HEADER, *self.deflated, deflated_tail, trailer]
+        swap = openmetrics and bool(self.openmetrics)
+        crc = self._openmetrics_crc if swap else self._crc
+        deflated = self._swapped(self.deflated, 1) if swap else self.deflated
+        trailer = struct.pack("<II", zlib.crc32(tail, crc), (self._size + len(tail)) & 0xFFFFFFFF)
+        return [GZIP_HEADER, *deflated, deflated_tail, trailer]
+
+
+def _crc(buffers: Iterable[Buffer]) -> tuple[int, int]:
+    crc = size = 0
+    for buffer in buffers:
+        crc = zlib.crc32(buffer, crc)
+        size += len(buffer)
+    return crc, size
+
+
+class Part(NamedTuple):
+    """A share of a scrape beside the projects' exposition: the details, or the spend.
+
+    A counter's family is named `x_total` in the text format's TYPE line and `x` in
+    OpenMetrics', while its samples read the same in both: `openmetrics` holds, by position
+    in `raw`, the buffer (plain and deflated) an OpenMetrics scrape gets instead.
+    """
+
+    raw: Sequence[Buffer] = ()
+    deflated: Sequence[Buffer] = ()
+    live: Sequence[Callable[[float], Iterable[Metric]]] = ()  # families that move with the clock
+    # Composed in this order: a part composed before another is never published after it.
+    generation: int = 0
+    openmetrics: Mapping[int, Piece] = {}
 
 
 CHUNK_PROJECTS = 1000
@@ -372,9 +421,10 @@ class LiveTail:
         """The body chunks and content type of one scrape: the cached block plus this tail."""
         encoder, content_type = choose_encoder(accept or "")
         tail = self._tail(encoder, content_type)
+        openmetrics = content_type.startswith("application/openmetrics-text")
         if gzip:
-            return exposition.gzip_body(tail.raw, tail.deflated), content_type
-        return exposition.body(tail.raw), content_type
+            return exposition.gzip_body(tail.raw, tail.deflated, openmetrics), content_type
+        return exposition.body(tail.raw, openmetrics), content_type
 
     def _tail(self, encoder: Callable[[CollectorRegistry], bytes], content_type: str) -> _Tail:
         version = tuple(self._version())

@@ -18,7 +18,7 @@ exporter's own metrics, with poll health labelled `organization`.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -27,11 +27,15 @@ from prometheus_client import CollectorRegistry
 
 from exporter.budget import DETAILS, RequestBudget
 from exporter.collectors import BY_NAME
+from exporter.collectors.base import Collector
 from exporter.config import OrganizationConfig
 from exporter.details.engine import DetailsEngine, workers_for
+from exporter.details.health import CollectorHealth
 from exporter.exposition import EMPTY, Exposition, LiveTail, SnapshotRenderer
 from exporter.pipeline import Poller, Published
 from exporter.selfmetrics import HealthMetrics, OrganizationMetrics
+from exporter.spend.feeds import FEEDS, Feed
+from exporter.spend.poller import SpendPoller
 from exporter.upstream import KEEPALIVE_EXPIRY, MAX_RESPONSE_SIZE, ApiClient, ProjectsClient
 
 log = structlog.get_logger("exporter.organizations")
@@ -66,7 +70,15 @@ class Organization:
             budget=self.budget,
         )
         self.client = ProjectsClient(max_pages=config.poll_max_pages, concurrency=config.poll_concurrency, **common)
-        self.details = self._details_engine(config, registry, common) if config.collectors else None
+        details = [BY_NAME[name] for name in config.collectors if name in BY_NAME]
+        feeds = [
+            f for f in FEEDS if f.collector in config.collectors and f.endpoint in (*config.usage_endpoints, "costs")
+        ]
+        self.health = CollectorHealth(registry, details, sorted({feed.collector for feed in feeds}))
+        self.health.budget_rate.set(self.budget.rate)
+        self.budget.on_rate_change = self.health.budget_rate.set
+        self.details = self._details_engine(config, registry, details, common) if details else None
+        self.spend = self._spend_poller(config, registry, feeds, common) if feeds else None
         # Polls further apart than a connection may idle would never reuse one: close it after each.
         self._keep_connections = config.poll_interval <= KEEPALIVE_EXPIRY
         self.poller = Poller(
@@ -80,13 +92,17 @@ class Organization:
         )
 
     def _details_engine(
-        self, config: OrganizationConfig, registry: CollectorRegistry, common: dict[str, Any]
+        self,
+        config: OrganizationConfig,
+        registry: CollectorRegistry,
+        collectors: list[Collector],
+        common: dict[str, Any],
     ) -> DetailsEngine:
         workers = workers_for(config.api_requests_per_second)
         self.details_client = ApiClient(priority=DETAILS, concurrency=workers, **common)
         engine = DetailsEngine(
             client=self.details_client,
-            collectors=[BY_NAME[name] for name in config.collectors],
+            collectors=collectors,
             interval=config.poll_details_interval,
             # Each request's own timeout and retries bound a refresh; not the list poll's deadline,
             # which follows the list's interval.
@@ -95,16 +111,51 @@ class Organization:
             per_item=config.per_project_metrics,
             emails=config.log_emails,
             registry=registry,
+            health=self.health,
             publish=lambda part: self.published.publish(details=part),
             stop=self.stop,
         )
         self._workers = workers
-        engine.health.budget_rate.set(self.budget.rate)
-        self.budget.on_rate_change = engine.health.budget_rate.set
         return engine
 
+    def _spend_poller(
+        self, config: OrganizationConfig, registry: CollectorRegistry, feeds: list[Feed], common: dict[str, Any]
+    ) -> SpendPoller:
+        self.spend_client = ApiClient(priority=DETAILS, **common)
+        poller = SpendPoller(
+            client=self.spend_client,
+            feeds=feeds,
+            lookback=config.poll_spend_lookback,
+            deadline=max(config.poll_timeout, config.api_timeout * (config.api_max_retries + 1)),
+            max_pages=config.poll_max_pages,
+            health=self.health,
+            registry=registry,
+            publish=lambda part: self.published.publish(spend=part),
+            save=lambda: self.poller.save_current(),
+        )
+        return poller
+
+    @property
+    def spend_job_id(self) -> str:
+        return f"spend:{self.config.alias or 'default'}"
+
+    def poll_spend(self) -> None:
+        if self.spend is None or self.stop.is_set():
+            return
+        if self.config.alias is None:
+            self.spend.poll()
+        else:
+            with structlog.contextvars.bound_contextvars(organization=self.config.alias):
+                self.spend.poll()
+
     def start(self) -> None:
-        """Start the background refreshes of the details; the list poll runs on the scheduler."""
+        """Start the background refreshes of the details; the list and spend polls run on the scheduler."""
+        if self.spend is not None:
+            self.poller.spend = self.spend.dump
+            try:
+                self.spend.restore(self.poller.restored_spend)
+            except (ValueError, TypeError, KeyError) as exc:  # a damaged ledger: the spend starts afresh
+                log.warning("state_file_spend_ignored", reason=" ".join(str(exc).split())[:200])
         if self.details is not None:
             self.details.start(self._workers)
 
@@ -140,6 +191,8 @@ class Organization:
         # Workers in a request notice the stop at their next step; closing their pool ends the rest.
         if self.details is not None:
             self.details_client.close()
+        if self.spend is not None:
+            self.spend_client.close()
 
 
 class Fleet:
@@ -196,6 +249,16 @@ class Fleet:
             name=organization.job_id,
             next_run_time=datetime.now(UTC),
         )
+        if organization.spend is not None:
+            self.scheduler.add_job(
+                organization.poll_spend,
+                "interval",
+                seconds=config.poll_spend_interval,
+                id=organization.spend_job_id,
+                name=organization.spend_job_id,
+                # After the first list poll has begun: its requests go first anyway.
+                next_run_time=datetime.now(UTC) + timedelta(seconds=1),
+            )
         if self.multi:
             log.info(
                 "organization_added",
@@ -206,8 +269,9 @@ class Fleet:
 
     def _remove(self, alias: str | None) -> None:
         organization = self.organizations.pop(alias)
-        if self.scheduler.get_job(organization.job_id):
-            self.scheduler.remove_job(organization.job_id)
+        for job in (organization.job_id, organization.spend_job_id):
+            if self.scheduler.get_job(job):
+                self.scheduler.remove_job(job)
         organization.metrics.forget()
         organization.retire()
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from exporter import redaction, state
 from exporter.chains import fetch_projects
 from exporter.details.engine import DetailsEngine
-from exporter.details.render import EMPTY_PART, DetailsPart
-from exporter.exposition import EMPTY, Exposition, SnapshotRenderer
+from exporter.details.render import EMPTY_PART
+from exporter.exposition import EMPTY, Exposition, Part, SnapshotRenderer
 from exporter.memory import release_free_memory
 from exporter.priority import lower_thread_priority
 from exporter.selfmetrics import OrganizationMetrics
@@ -55,21 +56,26 @@ class Published:
         self.last_outcome: PollOutcome | None = None
         self.generation = 0
         self._projects: Exposition = EMPTY
-        self._details: DetailsPart = EMPTY_PART
+        self._details: Part = EMPTY_PART
+        self._spend: Part = EMPTY_PART
         self._lock = threading.Lock()
 
-    def publish(self, projects: Exposition | None = None, details: DetailsPart | None = None) -> None:
-        """Replace the projects' share, the details' share, or both in one swap."""
+    def publish(
+        self, projects: Exposition | None = None, details: Part | None = None, spend: Part | None = None
+    ) -> None:
+        """Replace the projects' share, the details', the spend's, or several in one swap."""
         with self._lock:
             if projects is not None:
                 self._projects = projects
             # A worker may publish a part composed before the one the list poll just published.
             if details is not None and details.generation >= self._details.generation:
                 self._details = details
+            if spend is not None:
+                self._spend = spend
             if self._projects.snapshot is None:
                 self.current = self._projects  # no details before the first project list
             else:
-                self.current = self._projects.extended(self._details.raw, self._details.deflated)
+                self.current = self._projects.extended((self._details, self._spend))
 
     def finish(self, outcome: PollOutcome) -> None:
         """A poll ended: its metrics are recorded, and this is its verdict."""
@@ -93,6 +99,8 @@ class Poller:
         details: DetailsEngine | None = None,
     ):
         self._details = details
+        self.spend: Callable[[], Mapping[str, Any]] | None = None  # the spend's ledgers, saved with the snapshot
+        self.restored_spend: Mapping[str, Any] = {}
         self._client = client
         self._renderer = renderer
         self._metrics = metrics
@@ -108,9 +116,10 @@ class Poller:
         """
         if self._state_file is None:
             return
-        snapshot = state.load(self._state_file)
-        if snapshot is None:
+        loaded = state.load_all(self._state_file)
+        if loaded is None:
             return
+        snapshot, self.restored_spend = loaded
         try:
             self._published.publish(self._renderer.render(snapshot))
         except Exception as exc:  # whatever a state file holds, it never stops a start
@@ -165,11 +174,17 @@ class Poller:
             paused_for_scrapes=round(paused, 3),
         )
 
+    def save_current(self) -> None:
+        """Save the snapshot being served, with the spend's ledgers as they are now."""
+        snapshot = self._published.current.snapshot
+        if snapshot is not None:
+            self._save(snapshot)
+
     def _save(self, snapshot: Snapshot) -> None:
         if self._state_file is None:
             return
         try:
-            state.save(self._state_file, snapshot)
+            state.save(self._state_file, snapshot, self.spend() if self.spend is not None else None)
         except OSError as exc:
             log.warning("state_file_write_failed", path=str(self._state_file), reason=exc.strerror or str(exc))
 

@@ -25,12 +25,15 @@ from exporter import __version__
 from exporter.collectors import COLLECTORS
 from exporter.inputs import KEY_FILE_LIMIT, read_regular_file
 from exporter.redaction import add_secret
+from exporter.spend import SPEND_COLLECTORS
+from exporter.spend.feeds import USAGE_ENDPOINTS
 
 DEFAULT_PORT = 9186
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_POLL_INTERVAL = 300.0
 DEMO_POLL_INTERVAL = 15.0
 DEMO_DETAILS_INTERVAL = 30.0
+DEMO_SPEND_INTERVAL = 10.0
 KEY_ENV = "OPENAI_ADMIN_KEY"
 
 T = TypeVar("T")
@@ -247,6 +250,20 @@ def _details_interval_default(values: Mapping[str, Any]) -> float:
     return DEMO_DETAILS_INTERVAL if values["demo"] else 3600.0  # the demo shows changes within a minute
 
 
+def _spend_interval_default(values: Mapping[str, Any]) -> float:
+    return DEMO_SPEND_INTERVAL if values["demo"] else 600.0  # the demo shows spend rising within a minute
+
+
+def _usage_endpoints(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if names == ("all",):
+        return USAGE_ENDPOINTS
+    unknown = [name for name in names if name not in USAGE_ENDPOINTS]
+    if unknown or not names:
+        raise ValueError(f"unknown usage endpoints {unknown or [text]}; known: {', '.join(USAGE_ENDPOINTS)}")
+    return names
+
+
 def _poll_timeout_default(values: Mapping[str, Any]) -> float:
     # A poll may use its whole interval; a config-file organization's own interval, when it sets one.
     return float(values["poll_interval"])
@@ -410,16 +427,50 @@ SETTINGS: tuple[Setting[Any], ...] = (
     ),
     *(
         Setting(
-            f"collector.{collector.name}",
-            "collector_" + collector.name.replace("-", "_"),
+            f"collector.{name}",
+            "collector_" + name.replace("-", "_"),
             parse_bool,
-            f"collect {collector.help} (--no-collector.{collector.name} to turn it off)",
+            f"collect {help_text} (--no-collector.{name} to turn it off)",
             "BOOL",
-            default=str(collector.default).lower(),
+            default=str(default).lower(),
             per_organization=True,
             group="collectors",
         )
-        for collector in COLLECTORS
+        for name, help_text, default in (
+            *((c.name, c.help, c.default) for c in COLLECTORS),
+            *SPEND_COLLECTORS,  # (name, help, default) too
+        )
+    ),
+    Setting(
+        "collector.usage.endpoints",
+        "usage_endpoints",
+        _usage_endpoints,
+        "the usage endpoints the usage collector reads, separated by commas (default all: "
+        + ", ".join(USAGE_ENDPOINTS)
+        + ")",
+        "LIST",
+        default="all",
+        per_organization=True,
+    ),
+    Setting(
+        "poll.spend-interval",
+        "poll_spend_interval",
+        parse_duration,
+        f"time between two polls of the costs and usage (default 10m; {DEMO_SPEND_INTERVAL:g}s with --demo)",
+        "DURATION",
+        derive=_spend_interval_default,
+        check=_at_least(1, "1s"),
+        per_organization=True,
+    ),
+    Setting(
+        "poll.spend-lookback",
+        "poll_spend_lookback",
+        parse_duration,
+        "days of buckets each poll of the costs and usage reads again, to see late revisions; whole days",
+        "DURATION",
+        default="2d",
+        check=_at_least(86400, "1d"),
+        per_organization=True,
     ),
     Setting(
         "log.emails",

@@ -13,7 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -21,12 +24,22 @@ from exporter.inputs import read_regular_file
 from exporter.snapshot import Project, Snapshot
 
 FORMAT = "openai-projects-exporter/state"
-VERSION = 2  # projects as objects keyed by field name
+VERSION = 3  # projects as objects keyed by field name, and the spend's ledgers
+READABLE = (2, 3)  # a version-2 file has no ledgers: the spend starts afresh
 STATE_FILE_LIMIT = 1 << 30  # many times the state of the largest organization
 log = structlog.get_logger("exporter.state")
 
 
-def save(path: Path, snapshot: Snapshot) -> None:
+_writing = threading.Lock()  # the list poll and the spend poll both save
+
+
+def save(path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None = None) -> None:
+    """Write the snapshot and the spend's ledgers (exporter.spend.poller.SpendPoller.dump)."""
+    with _writing:
+        _save(path, snapshot, spend)
+
+
+def _save(path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None) -> None:
     document = {
         "format": FORMAT,
         "version": VERSION,
@@ -34,6 +47,7 @@ def save(path: Path, snapshot: Snapshot) -> None:
         "pages": snapshot.pages,
         "duration": snapshot.duration,
         "projects": [project._asdict() for project in snapshot.projects.values()],
+        "spend": dict(spend or {}),
     }
     path = path.resolve() if path.is_symlink() else path
     if path.exists() and not path.is_file():
@@ -58,6 +72,12 @@ def save(path: Path, snapshot: Snapshot) -> None:
 
 def load(path: Path) -> Snapshot | None:
     """The saved snapshot, or None (with a warning unless the file simply does not exist yet)."""
+    loaded = load_all(path)
+    return loaded[0] if loaded is not None else None
+
+
+def load_all(path: Path) -> tuple[Snapshot, Mapping[str, Any]] | None:
+    """The saved snapshot and the spend's ledgers (empty from a version-2 file), or None."""
     try:
         raw = read_regular_file(path, STATE_FILE_LIMIT)
     except FileNotFoundError:
@@ -70,8 +90,11 @@ def load(path: Path) -> Snapshot | None:
         document = json.loads(raw)
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ValueError("not a state file of this exporter")
-        if document.get("version") != VERSION:
+        if document.get("version") not in READABLE:
             raise ValueError(f"state version {document.get('version')!r}, expected {VERSION}")
+        spend = document.get("spend", {})
+        if not isinstance(spend, dict):
+            raise ValueError("`spend` is not an object")
         projects = [_project(row) for row in document["projects"]]
         snapshot = Snapshot.build(
             projects,
@@ -83,8 +106,8 @@ def load(path: Path) -> Snapshot | None:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         log.warning("state_file_ignored", path=str(path), reason=reason)
         return None
-    log.info("state_file_loaded", path=str(path), projects=len(snapshot.projects))
-    return snapshot
+    log.info("state_file_loaded", path=str(path), projects=len(snapshot.projects), spend_feeds=len(spend))
+    return snapshot, spend
 
 
 _TEXT_OR_NONE = ("name", "external_key_id", "residency")

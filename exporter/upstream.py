@@ -73,6 +73,10 @@ def shared_ssl_context() -> ssl.SSLContext:
         return _ssl_context
 
 
+# A query: a mapping, or pairs where a parameter repeats (group_by=project_id&group_by=model).
+Params = Mapping[str, str | int] | list[tuple[str, str | int | float | bool | None]]
+
+
 class PollError(Exception):
     """A failed poll: `reason` is a metric label, `message` one line for a human."""
 
@@ -269,7 +273,7 @@ class ApiClient:
     def get(
         self,
         url: str,
-        params: Mapping[str, str | int],
+        params: Params,
         deadline: float,
         *,
         limiter: RequestLimiter | None = None,
@@ -356,9 +360,7 @@ class ApiClient:
             return None
         return max(time.monotonic() - started, 0.0)
 
-    def _request(
-        self, url: str, params: Mapping[str, str | int], remaining: float, deadline: float
-    ) -> Answer | PollError:
+    def _request(self, url: str, params: Params, remaining: float, deadline: float) -> Answer | PollError:
         """One GET: the response, whatever its status, or the transport failure.
 
         A body over --api.max-response-size once decoded, or one still arriving at the poll

@@ -227,7 +227,8 @@ def test_every_row_is_in_help_with_its_variable_and_default():
     for row in SETTINGS:
         default = f" (default {row.default})" if row.default is not None else ""
         assert f"{row.flag} {row.metavar}" in help_text or f"{row.flag} [{row.metavar}]" in help_text
-        assert f"{' '.join(row.help.split())}{default} [env {row.variable}]" in help_text
+        # argparse wraps lines at hyphens too ("--no-" / "collector.costs"): compare without spaces.
+        assert "".join(f"{row.help}{default} [env {row.variable}]".split()) in "".join(help_text.split())
     options = {o for action in build_parser()._actions for o in action.option_strings}
     negations = {f"--no-{row.name}" for row in SETTINGS if row.group == "collectors"}
     assert options == {"-h", "--help", "--version"} | {row.flag for row in SETTINGS} | negations
@@ -253,6 +254,11 @@ def test_the_rows_are_the_fields_of_settings_and_organization_config():
         "api_requests_per_second",
         "poll_details_interval",
         *(f"collector_{c.name.replace('-', '_')}" for c in COLLECTORS),
+        "collector_costs",
+        "collector_usage",
+        "usage_endpoints",
+        "poll_spend_interval",
+        "poll_spend_lookback",
         "log_emails",
         "per_project_metrics",
     ]
@@ -307,6 +313,11 @@ OTHER_VALUES = {
     "poll_details_interval": "10m",
     "log_emails": "yes",
     **{f"collector_{c.name.replace('-', '_')}": str(not c.default) for c in COLLECTORS},
+    "collector_costs": "false",
+    "collector_usage": "false",
+    "usage_endpoints": "completions, images",
+    "poll_spend_interval": "1h",
+    "poll_spend_lookback": "3d",
 }
 
 
@@ -361,6 +372,11 @@ BAD_VALUES = [
     ("poll.details-interval", "500ms"),
     ("log.emails", "perhaps"),
     *((f"collector.{c.name}", "sometimes") for c in COLLECTORS),
+    ("collector.costs", "maybe"),
+    ("collector.usage", "maybe"),
+    ("collector.usage.endpoints", "completions,chat"),
+    ("poll.spend-interval", "0.5s"),
+    ("poll.spend-lookback", "12h"),
 ]
 
 

@@ -143,8 +143,8 @@ UNUSABLE = {
     "empty": lambda valid: b"",
     "foreign-json": lambda valid: b'{"version": 1, "projects": []}',
     "binary": lambda valid: bytes(range(256)) * 4,
-    "newer-version": lambda valid: valid.replace(b'"version":2', b'"version":3'),
-    "positional-rows": lambda valid: valid.replace(b'"version":2', b'"version":1'),
+    "newer-version": lambda valid: valid.replace(b'"version":3', b'"version":4'),
+    "positional-rows": lambda valid: valid.replace(b'"version":3', b'"version":1'),
 }
 
 

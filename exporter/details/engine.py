@@ -56,6 +56,7 @@ class DetailsEngine:
         per_item: bool,
         emails: bool,
         registry: CollectorRegistry,
+        health: CollectorHealth,
         publish: Callable[[DetailsPart], None],
         stop: threading.Event,
         clock: Callable[[], float] = time.monotonic,
@@ -70,7 +71,7 @@ class DetailsEngine:
         self._publish = publish
         self._stop = stop
         self._clock = clock
-        self.health = CollectorHealth(registry, self.collectors)
+        self.health = health
         registry.register(_LiveFamilies(lambda: self.part))
         self._renderer = DetailsRenderer(per_item)
         self._lock = threading.Condition()

@@ -15,10 +15,13 @@ from exporter.upstream import POLL_FAILURE_REASONS
 
 
 class CollectorHealth:
-    def __init__(self, registry: CollectorRegistry, collectors: Sequence[Collector]):
+    """The health of an organization's collectors: the details' (`collectors`) and the spend's (`feeds`)."""
+
+    def __init__(self, registry: CollectorRegistry, collectors: Sequence[Collector], feeds: Sequence[str] = ()):
         self.up = Gauge(
             "openai_collector_up",
-            "1 when the collector's last round of background refreshes had no failed fetch, else 0.",
+            "1 when the collector's last round of background refreshes (or poll, for costs and usage) had no "
+            "failed fetch, else 0.",
             ["collector"],
             registry=registry,
         )
@@ -64,3 +67,8 @@ class CollectorHealth:
                 self.failures.labels(collector.name, reason)
             for resource, change in collector.changes:
                 self.changes.labels(resource, change)
+        for name in feeds:  # no projects of their own to be stale
+            self.up.labels(name)
+            self.requests.labels(name)
+            for reason in POLL_FAILURE_REASONS:
+                self.failures.labels(name, reason)

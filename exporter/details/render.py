@@ -17,7 +17,7 @@ from prometheus_client.core import Metric
 
 from exporter import redaction
 from exporter.collectors.base import Collector, Details
-from exporter.exposition import Buffer, Piece
+from exporter.exposition import Buffer, Part, Piece
 
 CHUNK_PROJECTS = 250
 
@@ -30,15 +30,8 @@ class Entry(NamedTuple):
     fetched_at: float  # wall-clock time of the refresh that last confirmed them
 
 
-class DetailsPart(NamedTuple):
-    raw: Sequence[Buffer] = ()
-    deflated: Sequence[Buffer] = ()
-    live: Sequence[Callable[[float], Iterable[Metric]]] = ()  # families that move with the clock
-    # Composed in this order: a part composed before another is never published after it.
-    generation: int = 0
-
-
-EMPTY_PART = DetailsPart()
+DetailsPart = Part
+EMPTY_PART = Part()
 
 
 class DetailsRenderer:

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.budget import DETAILS, RequestBudget
 from exporter.collectors import BY_NAME
 from exporter.details.engine import DetailsEngine
+from exporter.details.health import CollectorHealth
 from exporter.details.render import DetailsPart
 from exporter.settings import AdminKey
 from exporter.snapshot import Snapshot
@@ -50,6 +51,7 @@ class Harness:
             per_item=per_item,
             emails=emails,
             registry=self.registry,
+            health=CollectorHealth(self.registry, [BY_NAME[name] for name in collectors]),
             publish=self.parts.append,
             stop=self.stop,
         )

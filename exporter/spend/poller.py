@@ -1,0 +1,188 @@
+"""One poll of an organization's spend and usage: every feed's window, counted, then published.
+
+Each poll reads each feed's daily buckets from the start of the look-back window (costs
+also from the first of the UTC month, for the month-to-date gauges), through the
+organization's request budget behind the project list. Readings go to the feed's Ledger,
+which counts each bucket's growth once; a revision downwards is logged and counted, never
+subtracted. A feed that fails keeps its counters as they were and fails its collector
+(`costs` or `usage`) alone. The ledgers are saved before the new counters are published, so
+that a crash between the two never shows a counter higher than the state a restart resumes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from exporter import redaction
+from exporter.details.health import CollectorHealth
+from exporter.exposition import Part
+from exporter.priority import lower_thread_priority
+from exporter.spend.feeds import COST, VECTOR_BYTES, Feed
+from exporter.spend.fetch import Bucket, fetch_window
+from exporter.spend.ledger import Ledger, Reading
+from exporter.spend.render import SpendRenderer
+from exporter.upstream import ApiClient, PollCancelled, PollError
+
+log = structlog.get_logger("exporter.spend")
+DAY = 86_400
+
+
+def month_start(now: float) -> int:
+    moment = datetime.fromtimestamp(now, UTC)
+    return int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp())
+
+
+class SpendPoller:
+    def __init__(
+        self,
+        *,
+        client: ApiClient,
+        feeds: Sequence[Feed],
+        lookback: float,
+        deadline: float,
+        max_pages: int,
+        health: CollectorHealth,
+        registry: CollectorRegistry,
+        publish: Callable[[Part], None],
+        save: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ):
+        self.feeds = tuple(feeds)
+        self._client = client
+        self._lookback = lookback
+        self._deadline = deadline
+        self._max_pages = max_pages
+        self._health = health
+        self._publish = publish
+        self._save = save
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.ledgers: dict[str, Ledger] = {feed.endpoint: Ledger() for feed in self.feeds}
+        self._month: dict[tuple[str, ...], Decimal] = {}  # (project, line item, currency) -> this month's cost
+        self._vector_bytes: dict[tuple[str, ...], Decimal] = {}
+        self._renderer = SpendRenderer()
+        self.revisions = Counter(
+            "openai_usage_revisions",
+            "Bucket amounts found lower than an earlier background poll saw them; never subtracted from a counter.",
+            ["collector", "endpoint"],
+            registry=registry,
+        )
+        self.last_bucket = Gauge(
+            "openai_usage_last_bucket_timestamp_seconds",
+            "End of the newest bucket counted, from the last successful background poll of the feed.",
+            ["collector", "endpoint"],
+            registry=registry,
+        )
+        for feed in self.feeds:
+            self.revisions.labels(feed.collector, feed.endpoint)
+
+    # -- the state file -------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        with self._lock:
+            return {endpoint: ledger.dump() for endpoint, ledger in self.ledgers.items() if ledger.started}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """The ledgers of the state file: the counters go on from their saved totals."""
+        with self._lock:
+            for endpoint in self.ledgers:
+                if endpoint in saved:
+                    self.ledgers[endpoint] = Ledger.load(saved[endpoint])
+            self._publish(self._compose())
+
+    # -- a poll ---------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        lower_thread_priority()
+        now = self._clock()
+        day = int(now) // DAY * DAY
+        window = day - int(self._lookback // DAY) * DAY
+        changed = False
+        try:
+            self._client.authorize()
+        except PollError as exc:
+            for collector in {feed.collector for feed in self.feeds}:
+                self._failed(collector, "-", exc)
+            return
+        failed: set[str] = set()
+        for feed in self.feeds:
+            start = min(window, month_start(now)) if feed.endpoint == "costs" else window
+            try:
+                buckets, requests = fetch_window(
+                    self._client, feed, start, time.monotonic() + self._deadline, self._max_pages
+                )
+            except PollCancelled:
+                return
+            except PollError as exc:
+                failed.add(feed.collector)
+                self._failed(feed.collector, feed.endpoint, exc)
+                continue
+            self._health.requests.labels(feed.collector).inc(requests)
+            with self._lock:
+                self._count(feed, buckets, window, month_start(now))
+            changed = True
+        for collector in {feed.collector for feed in self.feeds} - failed:
+            self._health.up.labels(collector).set(1)
+        if changed:
+            self._save()  # before publishing: a restart never resumes below what was shown
+            with self._lock:
+                part = self._compose()
+            self._publish(part)
+
+    def _count(self, feed: Feed, buckets: list[Bucket], window: int, month: int) -> None:
+        """Under the lock: one feed's buckets into its ledger and the gauges."""
+        ledger = self.ledgers[feed.endpoint]
+        readings = []
+        newest: dict[tuple[str, ...], tuple[int, Decimal]] = {}
+        month_total: dict[tuple[str, ...], Decimal] = {}
+        for bucket in buckets:
+            for family, labels, amount in bucket.amounts:
+                if family == VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
+                    if bucket.start >= newest.get(labels, (-1, Decimal(0)))[0]:
+                        newest[labels] = (bucket.start, amount)
+                    continue
+                readings.append(Reading(bucket.start, (family, *labels), "", amount))
+                if family == COST.name and bucket.start >= month:
+                    month_total[labels] = month_total.get(labels, Decimal(0)) + amount
+        outcome = ledger.record(readings, baseline=not ledger.started)
+        ledger.forget_before(window if feed.endpoint != "costs" else min(window, month))
+        for revision in outcome.revisions:
+            self.revisions.labels(feed.collector, feed.endpoint).inc()
+            log.info(
+                "usage_revised_down",
+                collector=feed.collector,
+                endpoint=feed.endpoint,
+                bucket=datetime.fromtimestamp(revision.bucket, UTC).date().isoformat(),
+                series=revision.group[0],
+                labels=list(revision.group[1:]),
+                was=str(revision.was),
+                now=str(revision.now),
+            )
+        if feed.endpoint == "costs":
+            self._month = month_total
+        if feed.endpoint == "vector_stores":
+            self._vector_bytes = {labels: amount for labels, (_, amount) in newest.items()}
+        if buckets:
+            self.last_bucket.labels(feed.collector, feed.endpoint).set(max(b.end for b in buckets))
+
+    def _failed(self, collector: str, endpoint: str, exc: PollError) -> None:
+        self._health.up.labels(collector).set(0)
+        self._health.failures.labels(collector, exc.reason).inc()
+        log.warning(
+            "spend_fetch_failed",
+            collector=collector,
+            endpoint=endpoint,
+            reason=exc.reason,
+            message=redaction.scrub(exc.message),
+        )
+
+    def _compose(self) -> Part:
+        return self._renderer.render(self.ledgers.values(), self._month, self._vector_bytes)
