@@ -394,6 +394,13 @@ class SimulatedGovernance:
         with self._lock:
             self._states.pop(project_id, None)
 
+    def usage_identities(self, project_id: str) -> list[tuple[str | None, str | None]]:
+        """(user id, key id) of each of the project's keys, as usage names who made a request: a
+        service account's key has no user."""
+        with self._lock:
+            keys = self._state(project_id).api_keys.values()
+            return [(key.owner.id if key.owner_type == "user" else None, key.id) for key in keys]
+
     # -- reads ------------------------------------------------------------------------------------------
 
     def read(self, project_id: str | None, resource: str, query: dict[str, str]) -> JSON:

@@ -9,8 +9,11 @@ through `OrganizationServer.fault`; the demo lets time pass with `churn`.
 It also serves the GET operations of openai-admin-governance-and-spend.openapi.yaml on a
 project's users, service accounts, API keys, rate limits, certificates, spend limit, model and
 hosted-tool permissions and data retention, and on the organization's spend limit: their state
-lives in exporter/simulated_governance.py. `SimulatedOrganization.forbidden` names the ones the
-key lacks the scope for, which answer 403.
+lives in exporter/simulated_governance.py. And it serves the organization's costs and the ten
+usage endpoints of the same contract, from exporter/simulated_spend.py: time buckets of each
+project's usage, which grow while they are recent, and their costs. `SimulatedOrganization.forbidden`
+names the resources the key lacks the scope for ("api_keys", "costs", "usage/completions", ...),
+which answer 403.
 
     python -m exporter.simulator --listen 127.0.0.1:8900 --projects 300 --admin-key sk-admin-test
 """
@@ -39,6 +42,9 @@ from exporter.simulated_governance import (
     Counts,
     SimulatedGovernance,
 )
+from exporter.simulated_spend import Clock, SimulatedSpend
+from exporter.simulated_spend_catalog import ENDPOINTS
+from exporter.simulated_spend_query import COSTS, SPEND_RESOURCES
 
 RESIDENCIES = ("GLOBAL", "US_STORAGE_PROCESSING", "EU_STORAGE_PROCESSING", "JP_STORAGE")
 _WORDS = (
@@ -72,11 +78,17 @@ class UnknownCursor(Exception):
 
 
 class SimulatedOrganization:
-    """Projects in creation order, as the upstream lists them, and their governance; thread-safe.
+    """Projects in creation order, as the upstream lists them, their governance and spend; thread-safe.
 
     The `*_per_project` counts fix how many users, service accounts and API keys every project
-    has (None: the default variety). `forbidden` names governance resources (RESOURCES of
-    exporter.simulated_governance) the key lacks the scope for; tests may change it at run time.
+    has (None: the default variety). `forbidden` names resources the key lacks the scope for:
+    governance ones (RESOURCES of exporter.simulated_governance) and spend ones (SPEND_RESOURCES:
+    "costs", "usage/completions", ...); tests may change it at run time.
+
+    The spend (`.spend`) runs on `clock`: by default the wall clock, or with `now` a manual clock
+    standing at `now` that tests advance (`organization.spend.clock.advance(60)`). `models` is how
+    many models the usage spreads over (None: the base catalog of sixteen; more adds fine-tuned
+    ones); a bucket is final `settle` seconds after it ends.
     """
 
     def __init__(
@@ -89,18 +101,25 @@ class SimulatedOrganization:
         service_accounts_per_project: int | None = None,
         keys_per_project: int | None = None,
         forbidden: Iterable[str] = (),
+        models: int | None = None,
+        clock: Clock | None = None,
+        settle: int = 300,
     ):
         # Reentrant: the governance's changes hold it and call one another, and read projects under it.
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
         self._projects: list[ProjectObject] = []
         self._position: dict[str, int] = {}
-        now = time.time() if now is None else now
+        clock = clock or Clock(now)
+        now = clock() if now is None else now
         self.forbidden = set(forbidden)
-        if unknown := self.forbidden - set(RESOURCES):
-            raise ValueError(f"unknown governance resources: {', '.join(sorted(unknown))}")
+        if unknown := self.forbidden - set(RESOURCES) - set(SPEND_RESOURCES):
+            raise ValueError(f"unknown resources: {', '.join(sorted(unknown))}")
         counts = Counts(users_per_project, service_accounts_per_project, keys_per_project)
         self.governance = SimulatedGovernance(self._lock, self._created_at, seed=seed, now=int(now), counts=counts)
+        self.spend = SimulatedSpend(
+            self._lock, self._times, self._identities, seed=seed, clock=clock, models=models, settle=settle
+        )
         # Ages from minutes to three years, skewed young like a real organization's.
         ages = sorted((self._rng.random() ** 2 * 3 * 365 * 86400 for _ in range(projects)), reverse=True)
         for age in ages:
@@ -158,6 +177,13 @@ class SimulatedOrganization:
         with self._lock:
             return [dict(p) for p in self._projects if include_archived or p["status"] != "archived"]
 
+    def _times(self) -> list[tuple[str, int, int | None]]:
+        with self._lock:
+            return [(p["id"], int(p["created_at"]), p["archived_at"]) for p in self._projects]
+
+    def _identities(self, project_id: str) -> list[tuple[str | None, str | None]]:
+        return self.governance.usage_identities(project_id)
+
     def _created_at(self, project_id: str) -> int | None:
         with self._lock:
             position = self._position.get(project_id)
@@ -189,10 +215,12 @@ class SimulatedOrganization:
             del self._projects[self._position.pop(project_id)]
             self._position = {p["id"]: i for i, p in enumerate(self._projects)}
             self.governance.forget(project_id)
+            self.spend.forget(project_id)
 
     def churn(self) -> None:
         """One step of time passing: a project created, one archived, one renamed, rarely one unarchived;
-        and one or two governance changes among the active projects (a key made, used or deleted, ...)."""
+        one or two governance changes among the active projects (a key made, used or deleted, ...);
+        and a burst of use by one or two of them, so that the current buckets' spend rises."""
         rng = self._rng
         with self._lock:
             active = [p["id"] for p in self._projects if p["status"] == "active"]
@@ -205,6 +233,7 @@ class SimulatedOrganization:
         if archived and rng.random() < 0.2:
             self.unarchive(rng.choice(archived))
         self.governance.churn(active)
+        self.spend.churn(active)
 
 
 @dataclass
@@ -313,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = request.path.rstrip("/").split("/")
         if parts == ["", "v1", "organization", "spend_limit"] and request.method == "GET":
             return self._governance(None, ORGANIZATION_SPEND_LIMIT, request.query)
+        if parts == ["", "v1", "organization", "costs"] and request.method == "GET":
+            return self._spend(COSTS)
+        if len(parts) == 5 and parts[:4] == ["", "v1", "organization", "usage"] and parts[4] in ENDPOINTS:
+            if request.method == "GET":
+                return self._spend(f"usage/{parts[4]}")
         if parts[:4] != ["", "v1", "organization", "projects"]:
             return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
         if len(parts) == 6 and parts[5] in PROJECT_RESOURCES and request.method == "GET":
@@ -342,11 +376,21 @@ class _Handler(BaseHTTPRequestHandler):
         organization = self.server.organization
         # A key without the scope is refused before the project is looked up, as a missing scope is.
         if resource in organization.forbidden:
-            return Response(
-                403, error_body("You do not have access to this resource. Missing scopes: api.management.read.")
-            )
+            return _forbidden("api.management.read")
         try:
             document = organization.governance.read(project_id, resource, query)
+        except ApiError as error:
+            return Response(error.status, error_body(error.message, code=error.code, param=error.param))
+        return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
+
+    def _spend(self, resource: str) -> Response:
+        """Costs or usage: its arrays come repeated or with brackets, so the query is read whole here."""
+        organization = self.server.organization
+        if resource in organization.forbidden:  # before the query is checked, as a missing scope is
+            return _forbidden("api.usage.read")
+        params = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        try:
+            document = organization.spend.read(resource, params)
         except ApiError as error:
             return Response(error.status, error_body(error.message, code=error.code, param=error.param))
         return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
@@ -389,6 +433,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(response.body)
 
 
+def _forbidden(scope: str) -> Response:
+    return Response(403, error_body(f"You do not have access to this resource. Missing scopes: {scope}."))
+
+
 def _ok(project: ProjectObject) -> Response:
     return Response(200, json.dumps(project, ensure_ascii=False).encode())
 
@@ -423,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     for kind in ("users", "service-accounts", "keys"):
         parser.add_argument(f"--{kind}-per-project", type=int, help="a fixed count (default a realistic variety)")
-    parser.add_argument("--forbidden", default="", help=f"comma-separated, answered 403: {', '.join(RESOURCES)}")
+    parser.add_argument("--models", type=int, help="how many models the usage spreads over (default 16)")
+    every = ", ".join((*RESOURCES, *SPEND_RESOURCES))
+    parser.add_argument("--forbidden", default="", help=f"comma-separated, answered 403: {every}")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     organization = SimulatedOrganization(
@@ -433,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         service_accounts_per_project=args.service_accounts_per_project,
         keys_per_project=args.keys_per_project,
         forbidden=[name for name in args.forbidden.split(",") if name],
+        models=args.models,
     )
     server = OrganizationServer(
         organization,
