@@ -43,7 +43,8 @@ def fetch_window(
             ("bucket_width", "1d"),
             ("limit", feed.limit),
         ]
-        params += [("group_by", field) for field in feed.group_by]
+        # As the official SDK writes an array: group_by[]=project_id&group_by[]=model.
+        params += [("group_by[]", field) for field in feed.group_by]
         if page is not None:
             params.append(("page", page))
         requests += 1

@@ -1,0 +1,254 @@
+"""The spend poller against a loopback upstream whose buckets the test writes: counters, gauges, faults."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.budget import DETAILS, RequestBudget
+from exporter.details.health import CollectorHealth
+from exporter.exposition import Exposition, Part
+from exporter.settings import AdminKey
+from exporter.snapshot import Snapshot
+from exporter.spend.feeds import FEEDS
+from exporter.spend.poller import SpendPoller, month_start
+from exporter.upstream import ApiClient
+from tests.support.keys import KEY
+from tests.support.upstream import error, ok
+
+DAY = 86_400
+NOW = 1_767_225_600 + 14 * DAY + 3600  # the 15th of a month, 01:00 UTC
+COSTS = next(feed for feed in FEEDS if feed.endpoint == "costs")
+COMPLETIONS = next(feed for feed in FEEDS if feed.endpoint == "completions")
+
+
+class Buckets:
+    """What the upstream answers: per endpoint, per bucket start, the results; pages of `per_page` buckets."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, dict[int, list[dict]]] = {"costs": {}, "completions": {}}
+        self.per_page = 2
+        self.requests: list[dict] = []
+        self.fault = None
+
+    def cost(self, day: int, project: str | None, amount, line_item: str = "gpt-4o, input") -> None:
+        start = month_start(NOW) + day * DAY
+        self.results["costs"].setdefault(start, []).append(
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": amount, "currency": "usd"},
+                "line_item": line_item,
+                "project_id": project,
+            }
+        )
+
+    def set_cost(self, day: int, amount) -> None:
+        self.results["costs"][month_start(NOW) + day * DAY][0]["amount"]["value"] = amount
+
+    def __call__(self, request):
+        endpoint = request.path.rstrip("/").split("/")[-1]
+        if endpoint not in self.results:
+            return None
+        self.requests.append(dict(request.query))
+        if self.fault is not None and (answer := self.fault(request)) is not None:
+            return answer
+        start = int(request.query["start_time"])
+        days = sorted(b for b in self.results[endpoint] if b >= start)
+        first = int(request.query.get("page", "0"))
+        chunk = days[first : first + self.per_page]
+        more = first + self.per_page < len(days)
+        data = [
+            {"object": "bucket", "start_time": b, "end_time": b + DAY, "results": self.results[endpoint][b]}
+            for b in chunk
+        ]
+        return ok(
+            {
+                "object": "page",
+                "data": data,
+                "has_more": more,
+                "next_page": str(first + self.per_page) if more else None,
+            }
+        )
+
+
+class Rig:
+    def __init__(self, server, feeds=(COSTS, COMPLETIONS)):
+        self.server = server
+        self.buckets = Buckets()
+        server.fault = self.buckets
+        self.registry = CollectorRegistry()
+        self.parts: list[Part] = []
+        self.saved = 0
+        self.now = NOW
+        self.client = ApiClient(
+            base_url=server.base_url,
+            admin_key=AdminKey(value=KEY),
+            timeout=5.0,
+            max_retries=0,
+            stop=threading.Event(),
+            budget=RequestBudget(500),
+            priority=DETAILS,
+        )
+        self.health = CollectorHealth(self.registry, [], ["costs", "usage"])
+        self.poller = SpendPoller(
+            client=self.client,
+            feeds=feeds,
+            lookback=2 * DAY,
+            deadline=10.0,
+            max_pages=50,
+            health=self.health,
+            registry=self.registry,
+            publish=self.parts.append,
+            save=self._save,
+            clock=lambda: self.now,
+        )
+
+    def _save(self) -> None:
+        self.saved += 1
+
+    def text(self, openmetrics: bool = False) -> str:
+        exposition = Exposition(Snapshot({}, 0, 0, 0)).extended([self.parts[-1]])
+        return b"".join(bytes(b) for b in exposition.body(b"", openmetrics)).decode()
+
+    def value(self, name: str, **labels) -> float | None:
+        for family in text_string_to_metric_families(self.text()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return None
+
+    def metric(self, name: str, **labels) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def rig(simulator):
+    made = []
+
+    def make(**options) -> Rig:
+        made.append(Rig(simulator(0), **options))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.client.close()
+
+
+COST = {"project_id": "proj_a", "line_item": "gpt-4o, input", "currency": "usd"}
+
+
+def test_the_first_poll_is_a_baseline_and_later_growth_is_counted_to_the_digit(rig):
+    r = rig(feeds=(COSTS,))
+    r.buckets.cost(13, "proj_a", "1.10")
+    r.buckets.cost(14, "proj_a", "0.1739150000000000000000000000")  # as a string, as the API sometimes sends
+    r.poller.poll()
+    assert r.value("openai_project_cost_total", **COST) == 0  # nothing before the start is counted
+    assert r.value("openai_project_cost_month_to_date", **COST) == pytest.approx(1.273915)
+    r.buckets.set_cost(14, "0.5000000000000000000000000001")
+    r.poller.poll()
+    text = r.text()
+    series = 'openai_project_cost_total{project_id="proj_a",line_item="gpt-4o, input",currency="usd"}'
+    assert f"{series} 0.3260850000000000000000000001\n" in text  # every digit, no float rounding
+    assert r.metric("openai_collector_up", collector="costs") == 1
+    assert r.saved == 2  # saved before each publication
+
+
+def test_the_month_to_date_is_the_upstreams_sum_to_the_cent_and_restarts_with_the_month(rig):
+    r = rig(feeds=(COSTS,))
+    amounts = ["0.01", "0.02", "0.07", 12.34, "100.005"]
+    for day, amount in enumerate(amounts):
+        r.buckets.cost(day, "proj_a", amount)
+    r.buckets.cost(0, None, "3.00", line_item="support")  # an organization-level cost
+    r.buckets.cost(-3, "proj_a", "50")  # last month: in the look-back window only if it is in reach
+    r.poller.poll()
+    total = sum(Decimal(str(a)) for a in amounts)
+    assert (
+        f'openai_project_cost_month_to_date{{project_id="proj_a",line_item="gpt-4o, input",currency="usd"}} {total}'
+        in r.text()
+    )
+    assert r.value("openai_organization_cost_month_to_date", currency="usd") == pytest.approx(float(total + 3))
+    assert r.value("openai_project_cost_month_to_date", project_id="", line_item="support", currency="usd") == 3
+
+
+def test_a_revision_down_is_logged_and_counted_never_subtracted(rig):
+    r = rig(feeds=(COSTS,))
+    r.buckets.cost(14, "proj_a", "2.00")
+    r.poller.poll()
+    r.buckets.set_cost(14, "3.00")
+    r.poller.poll()
+    with structlog.testing.capture_logs() as logs:
+        r.buckets.set_cost(14, "2.50")
+        r.poller.poll()
+    [revised] = [e for e in logs if e["event"] == "usage_revised_down"]
+    assert (revised["was"], revised["now"], revised["endpoint"]) == ("3.00", "2.50", "costs")
+    assert revised["bucket"].endswith("-15")
+    assert r.value("openai_project_cost_total", **COST) == 1
+    assert r.metric("openai_usage_revisions_total", collector="costs", endpoint="costs") == 1
+
+
+def test_a_failed_page_counts_nothing_of_the_window_and_fails_its_collector_alone(rig):
+    r = rig()
+    for day in range(10, 15):
+        r.buckets.cost(day, "proj_a", "1")
+    r.poller.poll()
+    for day in range(10, 15):
+        r.buckets.set_cost(day, "2")
+    r.buckets.fault = lambda request: error(500, "broken") if "page" in request.query else None
+    r.poller.poll()
+    assert r.value("openai_project_cost_total", **COST) == 0  # not the first page's growth alone
+    assert r.metric("openai_collector_up", collector="costs") == 0
+    assert r.metric("openai_collector_failures_total", collector="costs", reason="http_error") == 1
+    assert r.metric("openai_collector_up", collector="usage") == 1
+    r.buckets.fault = None
+    r.poller.poll()
+    assert r.value("openai_project_cost_total", **COST) == 5
+    assert r.metric("openai_collector_up", collector="costs") == 1
+
+
+def test_a_next_page_that_comes_back_is_a_pagination_failure(rig):
+    r = rig(feeds=(COSTS,))
+    for day in range(10, 15):
+        r.buckets.cost(day, "proj_a", "1")
+    r.buckets.fault = lambda request: ok({"object": "page", "data": [], "has_more": True, "next_page": "same"})
+    r.poller.poll()
+    assert r.metric("openai_collector_failures_total", collector="costs", reason="pagination") == 1
+
+
+def test_a_restart_from_the_saved_ledgers_neither_loses_nor_counts_twice(rig):
+    r = rig(feeds=(COSTS,))
+    r.buckets.cost(14, "proj_a", "1")
+    r.poller.poll()
+    r.buckets.set_cost(14, "4")
+    r.poller.poll()
+    saved = r.poller.dump()
+    again = rig(feeds=(COSTS,))
+    again.buckets.results = r.buckets.results
+    again.poller.restore(saved)
+    assert again.value("openai_project_cost_total", **COST) == 3  # where it was, not zero
+    again.buckets.set_cost(14, "4.5")
+    again.poller.poll()
+    assert again.value("openai_project_cost_total", **COST) == 3.5
+
+
+def test_group_by_and_the_window_are_asked_for(rig):
+    r = rig()
+    r.buckets.cost(14, "proj_a", "1")
+    r.poller.poll()
+    costs = [q for q in r.buckets.requests if "line_item" in str(q) or q.get("limit") == "180"]
+    assert costs and int(costs[0]["start_time"]) == month_start(NOW)  # the whole month, for its gauge
+    completions = [q for q in r.buckets.requests if q.get("limit") == "31"]
+    assert int(completions[0]["start_time"]) == NOW // DAY * DAY - 2 * DAY
+
+
+def test_counters_read_as_counters_in_both_formats(rig):
+    r = rig(feeds=(COSTS,))
+    r.buckets.cost(14, "proj_a", "1")
+    r.poller.poll()
+    assert "# TYPE openai_project_cost_total counter" in r.text()
+    openmetrics = r.text(openmetrics=True)
+    assert "# TYPE openai_project_cost counter" in openmetrics and "openai_project_cost_total{" in openmetrics
