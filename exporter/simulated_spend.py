@@ -260,10 +260,15 @@ class SimulatedSpend:
         end_time: int | None = None,
         *,
         bucket_width: int = 86_400,
-        group_by: Sequence[str] = ("project_id", "model"),
+        group_by: Sequence[str] | None = None,
     ) -> dict[tuple[Any, ...], dict[str, int]]:
         """The usage endpoint's metrics summed over its buckets of `bucket_width` seconds in the range, as it
-        reports them now, per `group_by` key (for vector stores, the sum of the buckets' levels)."""
+        reports them now, per `group_by` key (by default project and model, or project alone for endpoints
+        without models; for vector stores, the sum of the buckets' levels)."""
+        dimensions = ENDPOINTS[endpoint].dimensions
+        group_by = [name for name in ("project_id", "model") if name in dimensions] if group_by is None else group_by
+        if unknown := set(group_by) - set(dimensions):
+            raise ValueError(f"{endpoint} cannot group by {', '.join(sorted(unknown))}")
         with self._lock:
             now = int(self.clock())
             query = whole(f"usage/{endpoint}", start_time, end_time, bucket_width, group_by)
