@@ -35,12 +35,16 @@ def run(*args, cwd=RULES_DIR):
     return result.stdout
 
 
-def alerting_rules():
+def rules(kind: str):
     for path in RULE_FILES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
-                if "alert" in rule:
+                if kind in rule:
                     yield rule
+
+
+def alerting_rules():
+    return rules("alert")
 
 
 def test_files_exist():
@@ -77,6 +81,10 @@ def test_every_alert_is_documented_and_tested_firing():
         "OpenAIProjectCertificateExpiringSoon",
         "OpenAIProjectsCollectorFailing",
         "OpenAIAPIKeysUnused90Days",
+        "OpenAIProjectSpendNearLimit",
+        "OpenAIOrganizationSpendNearLimit",
+        "OpenAIProjectSpendProjectedOverLimit",
+        "OpenAIProjectDailySpendSpike",
     } <= names
     documented = set(re.findall(r"^\| `(\w+)` \|", ALERTS_DOC.read_text(), re.MULTILINE))
     for rule in alerts:
@@ -85,6 +93,27 @@ def test_every_alert_is_documented_and_tested_firing():
         assert rule["alert"] in documented, f"{rule['alert']} is missing from the alert table of {ALERTS_DOC.name}"
         assert rule["alert"] in tested, f"{rule['alert']} has no unit test where it fires"
         assert rule["alert"] in quiet, f"{rule['alert']} has no unit test where it stays quiet"
+
+
+def test_every_recording_rule_is_documented_and_its_value_tested():
+    tested = set()
+    for path in TEST_FILES:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            for case in group.get("promql_expr_test", []):
+                if case.get("exp_samples"):
+                    tested.update(re.findall(r"[\w:]+", case["expr"]))
+    records = [rule["record"] for rule in rules("record")]
+    assert {
+        "project:openai_project_cost_month_to_date:sum",
+        "project:openai_project_cost_month_to_date:projected_month_end",
+        "project:openai_project_cost:increase1d",
+    } <= set(records)
+    doc = ALERTS_DOC.read_text()
+    for record in records:
+        # The level:metric:operations convention, so that nobody takes it for an exporter's metric.
+        assert record.count(":") == 2, record
+        assert f"`{record}`" in doc, f"{record} is missing from the recording rules of {ALERTS_DOC.name}"
+        assert record in tested, f"{record} has no promql_expr_test with the samples it records"
 
 
 @pytest.mark.slow
