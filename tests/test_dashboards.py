@@ -138,8 +138,34 @@ def test_dashboard_covers_the_exporters_metrics():
         "openai_collector_up",
         "openai_collector_failures_total",
         "openai_collector_projects_stale",
+        # The Spend row, from the costs and usage collectors.
+        "openai_project_cost_total",
+        "openai_project_cost_month_to_date",
+        "openai_organization_cost_month_to_date",
+        "openai_organization_spend_limit",
+        "openai_project_tokens_total",
+        "openai_project_requests_total",
+        "openai_usage_last_bucket_timestamp_seconds",
+        "openai_usage_revisions_total",
     ):
         assert re.search(rf"\b{metric}\{{", exprs), metric
+
+
+def test_costs_meet_spend_limits_whatever_the_currencys_case():
+    """Costs say currency "usd", limits "USD": a query with both sums currency away on each side."""
+    joins = 0
+    for panel, target in all_targets():
+        expr = target["expr"]
+        selectors = list(re.finditer(r"\bopenai_\w*(?:cost|spend_limit)\w*\{", expr))
+        if len({"spend_limit" in match[0] for match in selectors}) < 2:
+            continue
+        joins += 1
+        for labels in re.findall(r"\b(?:on|by)\s*\(([^)]*)\)", expr):
+            assert "currency" not in labels, (panel["title"], expr)
+        for match in selectors:
+            before = expr[: match.start()]
+            assert re.search(r"\bsum(\s+by\s*\([^)]*\))?\s*\(\s*(increase\(\s*)?$", before), (panel["title"], match[0])
+    assert joins >= 5
 
 
 def test_provisioning_loads_this_dashboard_in_the_compose_stack():
