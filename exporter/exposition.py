@@ -202,7 +202,7 @@ class Exposition:
         self.deflated = list(deflated)  # the raw bytes as one deflate stream without a final block
         self.openmetrics: dict[int, Piece] = {}  # buffers that OpenMetrics scrapes get instead, by position
         self._crc, self._size = _crc(self.raw)
-        self._openmetrics_crc = self._crc
+        self._openmetrics_crc, self._openmetrics_size = self._crc, self._size
 
     def extended(self, parts: Iterable[Part]) -> Exposition:
         """These bytes followed by more: the projects' exposition, the details, the spend.
@@ -222,16 +222,19 @@ class Exposition:
             again.raw += part.raw
             again.deflated += part.deflated
         swaps = bool(again.openmetrics)
-        crc, size, openmetrics_crc = self._crc, self._size, self._openmetrics_crc
+        crc, size = self._crc, self._size
+        openmetrics_crc, openmetrics_size = self._openmetrics_crc, self._openmetrics_size
         for part in parts:
             for index, buffer in enumerate(part.raw):
                 crc = zlib.crc32(buffer, crc)
                 size += len(buffer)
                 if swaps:  # the same bytes but for the variants: a second pass only when there are any
                     variant = part.openmetrics.get(index)
-                    openmetrics_crc = zlib.crc32(variant.raw if variant else buffer, openmetrics_crc)
+                    chosen = variant.raw if variant else buffer
+                    openmetrics_crc = zlib.crc32(chosen, openmetrics_crc)
+                    openmetrics_size += len(chosen)
         again._crc, again._size = crc, size
-        again._openmetrics_crc = openmetrics_crc if swaps else crc
+        again._openmetrics_crc, again._openmetrics_size = (openmetrics_crc, openmetrics_size) if swaps else (crc, size)
         return again
 
     def _swapped(self, buffers: list[Buffer], which: int) -> list[Buffer]:
@@ -256,9 +259,9 @@ class Exposition:
         if deflated_tail is None:
             deflated_tail = deflate_final(tail)
         swap = openmetrics and bool(self.openmetrics)
-        crc = self._openmetrics_crc if swap else self._crc
+        crc, size = (self._openmetrics_crc, self._openmetrics_size) if swap else (self._crc, self._size)
         deflated = self._swapped(self.deflated, 1) if swap else self.deflated
-        trailer = struct.pack("<II", zlib.crc32(tail, crc), (self._size + len(tail)) & 0xFFFFFFFF)
+        trailer = struct.pack("<II", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)
         return [GZIP_HEADER, *deflated, deflated_tail, trailer]
 
 

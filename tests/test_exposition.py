@@ -337,3 +337,19 @@ def test_a_poll_ending_renews_the_live_tail_at_once():
     assert Metrics(rendered.scrape_bytes()[0].decode()).get("openai_api_requests_total", code="200") is None
     now[0] += 1.0
     assert Metrics(rendered.scrape_bytes()[0].decode()).value("openai_api_requests_total", code="200") == 1
+
+
+def test_a_parts_openmetrics_variants_are_served_whole_and_gzipped_to_openmetrics_scrapes_only():
+    from exporter.exposition import Part, Piece
+    from exporter.snapshot import Snapshot
+
+    text, bare = Piece.of(b"# TYPE x_total counter\n"), Piece.of(b"# TYPE x counter\n")
+    samples = Piece.of(b'x_total{a="1"} 2\n')
+    part = Part([text.raw, samples.raw], [text.deflated, samples.deflated], openmetrics={0: bare})
+    exposition = Exposition(Snapshot({}, 0, 0, 0), [b"# first\n"], [Piece.of(b"# first\n").deflated])
+    exposition = exposition.extended([part]).extended([part])  # twice: the positions follow
+    tail = b"# EOF\n"
+    for openmetrics, header in ((False, b"# TYPE x_total counter\n"), (True, b"# TYPE x counter\n")):
+        plain = b"".join(bytes(b) for b in exposition.body(tail, openmetrics))
+        assert plain == b"# first\n" + (header + b'x_total{a="1"} 2\n') * 2 + tail
+        assert gzip.decompress(b"".join(bytes(b) for b in exposition.gzip_body(tail, None, openmetrics))) == plain
