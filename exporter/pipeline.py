@@ -174,19 +174,20 @@ class Poller:
             paused_for_scrapes=round(paused, 3),
         )
 
-    def save_current(self) -> None:
-        """Save the snapshot being served, with the spend's ledgers as they are now."""
+    def save_current(self) -> bool:
+        """Save the snapshot being served, with the spend's ledgers as they are now; False if that failed."""
         snapshot = self._published.current.snapshot
-        if snapshot is not None:
-            self._save(snapshot)
+        return self._save(snapshot) if snapshot is not None else self._state_file is None
 
-    def _save(self, snapshot: Snapshot) -> None:
+    def _save(self, snapshot: Snapshot) -> bool:
         if self._state_file is None:
-            return
+            return True
         try:
             state.save(self._state_file, snapshot, self.spend() if self.spend is not None else None)
         except OSError as exc:
             log.warning("state_file_write_failed", path=str(self._state_file), reason=exc.strerror or str(exc))
+            return False
+        return True
 
     def _failed(self, reason: str, message: str, started: float, request_id: str | None = None) -> None:
         duration = time.monotonic() - started

@@ -108,8 +108,11 @@ class Rig:
             clock=lambda: self.now,
         )
 
-    def _save(self) -> None:
+    def _save(self) -> bool:
         self.saved += 1
+        return self.saving
+
+    saving = True
 
     def text(self, openmetrics: bool = False) -> str:
         exposition = Exposition(Snapshot({}, 0, 0, 0)).extended([self.parts[-1]])
@@ -252,3 +255,16 @@ def test_counters_read_as_counters_in_both_formats(rig):
     assert "# TYPE openai_project_cost_total counter" in r.text()
     openmetrics = r.text(openmetrics=True)
     assert "# TYPE openai_project_cost counter" in openmetrics and "openai_project_cost_total{" in openmetrics
+
+
+def test_counters_that_could_not_be_saved_are_not_published_until_they_are(rig):
+    r = rig(feeds=(COSTS,))
+    r.buckets.cost(14, "proj_a", "1")
+    r.poller.poll()
+    r.buckets.set_cost(14, "2")
+    r.saving = False  # a full disk, say
+    r.poller.poll()
+    assert r.value("openai_project_cost_total", **COST) == 0  # what was saved, not more
+    r.saving = True
+    r.poller.poll()
+    assert r.value("openai_project_cost_total", **COST) == 1

@@ -52,7 +52,7 @@ class SpendPoller:
         health: CollectorHealth,
         registry: CollectorRegistry,
         publish: Callable[[Part], None],
-        save: Callable[[], None],
+        save: Callable[[], bool],
         clock: Callable[[], float] = time.time,
     ):
         self.feeds = tuple(feeds)
@@ -132,7 +132,11 @@ class SpendPoller:
         for collector in {feed.collector for feed in self.feeds} - failed:
             self._health.up.labels(collector).set(1)
         if changed:
-            self._save()  # before publishing: a restart never resumes below what was shown
+            # Saved before published: a restart never resumes below what Prometheus has seen, which
+            # it would read as a reset and count again. Unsaved, the counters wait for a save.
+            if not self._save():
+                log.warning("spend_not_published", reason="the state file could not be written")
+                return
             with self._lock:
                 part = self._compose()
             self._publish(part)

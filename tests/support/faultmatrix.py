@@ -17,6 +17,7 @@ from tests.support.detail_faults import (
     DetailFaultRow,
 )
 from tests.support.faults import API_TIMEOUT, MATRIX_PROJECTS, MAX_RETRIES, POLL_INTERVAL, POLL_TIMEOUT, ROWS, FaultRow
+from tests.support.spend_faults import SPEND_INTERVAL, SPEND_ROWS, SpendFaultRow
 
 COMMAND = "python -m tests.support.faultmatrix > docs/fault-matrix.md"
 
@@ -147,9 +148,36 @@ def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
 
 
+SPEND_INTRO = f"""
+## Costs and usage
+
+Each row is one fault of the costs endpoint (`SPEND_ROWS` in `tests/support/spend_faults.py`),
+injected by `tests/test_spend_faults.py` into an exporter that polls the costs and usage every
+{SPEND_INTERVAL:g}s against an organization whose figures stand still, so that only the fault changes
+them; the restart rows run under a real Prometheus in `tests/test_spend_process.py`. For every
+injected row the test checks the costs collector's `openai_collector_up`, which
+`openai_collector_failures_total{{collector="costs",reason}}` moved, that no counter went down,
+that the usage collector and the project list go on, and that costs are up again once the fault
+is removed.
+"""
+SPEND_HEADER = ("id", "fault", "costs up", "reason", "what the exporter does", "checked by")
+
+
+def render_spend_row(row: SpendFaultRow) -> list[str]:
+    return [
+        f"`{row.id}`",
+        row.description,
+        "1" if row.up else "0",
+        f"`{row.reason}`" if row.reason else "none",
+        row.outcome,
+        f"`{row.checked_by}`",
+    ]
+
+
 def render() -> str:
     lines = [INTRO, *_table(HEADER, [render_row(row) for row in ROWS])]
     lines += [DETAIL_INTRO, *_table(DETAIL_HEADER, [render_detail_row(row) for row in DETAIL_ROWS])]
+    lines += [SPEND_INTRO, *_table(SPEND_HEADER, [render_spend_row(row) for row in SPEND_ROWS])]
     return "\n".join(lines) + "\n"
 
 
