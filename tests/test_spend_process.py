@@ -140,3 +140,42 @@ def test_the_demo_shows_spend_rising_within_a_minute(start_exporter):
     assert first
     before = spent()
     wait_for(lambda: spent() > before, 60, what="spend to rise")
+
+
+def test_the_sdk_and_the_exporter_agree_on_the_tokens_used_since_the_start(simulator, start_exporter):
+    server = simulator(10, seed=17, now=time.time())
+    process = start_exporter(*upstream_args(server, *SPEND), wait="ready")
+    process.wait_metric(lambda m: m.samples("openai_project_tokens_total"), what="the usage baseline")
+    start = int(time.time()) // 86_400 * 86_400 - 2 * 86_400
+
+    def by_sdk() -> dict[tuple[str, str], int]:
+        with sdk(server) as client:
+            completions = client.admin.organization.usage.completions
+            pages = [completions(start_time=start, bucket_width="1d", group_by=["project_id", "model"], limit=31)]
+            while pages[-1].has_more:
+                pages.append(
+                    completions(
+                        start_time=start, bucket_width="1d", group_by=["project_id", "model"], page=pages[-1].next_page
+                    )
+                )
+        totals: dict[tuple[str, str], int] = {}
+        for bucket in (b for page in pages for b in page.data):
+            for result in bucket.results:
+                key = (result.project_id or "", result.model or "")
+                totals[key] = totals.get(key, 0) + result.input_tokens
+        return totals
+
+    before = by_sdk()
+    server.organization.spend.clock.advance(900)
+    after = by_sdk()
+    grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert grown
+
+    def exported() -> dict[tuple[str, str], float]:
+        return {
+            (s.labels["project_id"], s.labels["model"]): s.value
+            for s in process.metrics().samples("openai_project_tokens_total")
+            if s.labels["endpoint"] == "completions" and s.labels["type"] == "input" and s.value
+        }
+
+    wait_for(lambda: exported() == grown, 20, what="the exporter to count what the SDK reads")
