@@ -268,3 +268,21 @@ def test_counters_that_could_not_be_saved_are_not_published_until_they_are(rig):
     r.saving = True
     r.poller.poll()
     assert r.value("openai_project_cost_total", **COST) == 1
+
+
+def test_a_bucket_that_came_back_unchanged_is_not_read_again(rig):
+    from exporter.spend.fetch import fetch_window
+
+    r = rig(feeds=(COSTS,))
+    for day in range(0, 15):
+        r.buckets.cost(day, "proj_a", "1.5")
+    first, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10)
+    assert all(bucket.amounts for bucket in first)
+    r.buckets.set_cost(14, "2")
+    again, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, {b.start: b.digest for b in first})
+    assert [b.amounts is not None for b in again] == [False] * 14 + [True]  # only the one that changed
+    # And the month's sums follow the one bucket read again.
+    r.poller.poll()
+    r.buckets.set_cost(14, "2.5")
+    r.poller.poll()
+    assert r.value("openai_project_cost_month_to_date", **COST) == 14 * 1.5 + 2.5

@@ -8,7 +8,8 @@ month would be published as the month's).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -21,13 +22,24 @@ from exporter.upstream import ApiClient, PollError
 class Bucket(NamedTuple):
     start: int
     end: int
-    amounts: tuple[Amount, ...]
+    digest: bytes  # of the bucket's results, to tell an unchanged bucket at the next poll
+    amounts: tuple[Amount, ...] | None  # None: the same results as the last poll's, not read again
 
 
 def fetch_window(
-    client: ApiClient, feed: Feed, start: int, deadline: float, max_pages: int
+    client: ApiClient,
+    feed: Feed,
+    start: int,
+    deadline: float,
+    max_pages: int,
+    known: Mapping[int, bytes] | None = None,
 ) -> tuple[list[Bucket], int]:
-    """The feed's daily buckets from `start` to now, and the requests it took."""
+    """The feed's daily buckets from `start` to now, and the requests it took.
+
+    Most buckets of a window are final and come back as they were: a bucket whose results
+    digest to what `known` holds for its start is not read again. Serialising the parsed
+    results and hashing them runs in C, at a fraction of the cost of reading each amount.
+    """
     buckets: list[Bucket] = []
     page: str | None = None
     seen: set[str | None] = set()
@@ -50,7 +62,7 @@ def fetch_window(
         requests += 1
         answer = client.get(client.base_url + feed.path, params, deadline, where={"path": feed.path, "page": page})
         try:
-            more, page = _page(answer.content, feed, buckets)
+            more, page = _page(answer.content, feed, buckets, known or {})
         except Invalid as exc:
             raise PollError("invalid_response", f"{feed.path}: {exc}", answer.headers.get("x-request-id")) from None
         if not more:
@@ -59,7 +71,7 @@ def fetch_window(
             raise PollError("pagination", f"{feed.path}: `has_more` is true but there is no `next_page`")
 
 
-def _page(body: bytes, feed: Feed, into: list[Bucket]) -> tuple[bool, str | None]:
+def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, bytes]) -> tuple[bool, str | None]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -72,11 +84,11 @@ def _page(body: bytes, feed: Feed, into: list[Bucket]) -> tuple[bool, str | None
     if page is not None and not isinstance(page, str):
         raise Invalid("`next_page` is not a string")
     for bucket in document["data"]:
-        into.append(_bucket(bucket, feed))
+        into.append(_bucket(bucket, feed, known))
     return more, page
 
 
-def _bucket(item: Any, feed: Feed) -> Bucket:
+def _bucket(item: Any, feed: Feed, known: Mapping[int, bytes]) -> Bucket:
     if not isinstance(item, dict):
         raise Invalid("a bucket is not a JSON object")
     start, end, results = item.get("start_time"), item.get("end_time"), item.get("results")
@@ -84,11 +96,14 @@ def _bucket(item: Any, feed: Feed) -> Bucket:
         raise Invalid("a bucket's `start_time` and `end_time` are not a time range")
     if not isinstance(results, list):
         raise Invalid(f"bucket {start}: `results` is not a list")
+    digest = hashlib.blake2b(orjson.dumps(results, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    if known.get(start) == digest:
+        return Bucket(start, end, digest, None)
     try:
         amounts = tuple(amount for result in results for amount in _amounts(result, feed))
     except Invalid as exc:
         raise Invalid(f"bucket {start}: {exc}") from None
-    return Bucket(start, end, amounts)
+    return Bucket(start, end, digest, amounts)
 
 
 def _amounts(result: Any, feed: Feed) -> Iterable[Amount]:

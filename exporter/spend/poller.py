@@ -67,6 +67,9 @@ class SpendPoller:
         self._lock = threading.Lock()
         self.ledgers: dict[str, Ledger] = {feed.endpoint: Ledger() for feed in self.feeds}
         self._month: dict[tuple[str, ...], Decimal] = {}  # (project, line item, currency) -> this month's cost
+        self._month_parts: dict[int, dict[tuple[str, ...], Decimal]] = {}  # each bucket's share of it
+        self._month_of = 0  # the month they are of
+        self._digests: dict[str, dict[int, bytes]] = {}  # per feed, the last poll's buckets
         self._vector_bytes: dict[tuple[str, ...], Decimal] = {}
         self._renderer = SpendRenderer()
         self.revisions = Counter(
@@ -117,7 +120,12 @@ class SpendPoller:
             start = min(window, month_start(now)) if feed.endpoint == "costs" else window
             try:
                 buckets, requests = fetch_window(
-                    self._client, feed, start, time.monotonic() + self._deadline, self._max_pages
+                    self._client,
+                    feed,
+                    start,
+                    time.monotonic() + self._deadline,
+                    self._max_pages,
+                    self._digests.get(feed.endpoint),
                 )
             except PollCancelled:
                 return
@@ -142,20 +150,31 @@ class SpendPoller:
             self._publish(part)
 
     def _count(self, feed: Feed, buckets: list[Bucket], window: int, month: int) -> None:
-        """Under the lock: one feed's buckets into its ledger and the gauges."""
+        """Under the lock: one feed's changed buckets into its ledger and the gauges.
+
+        A bucket that came back unchanged (`amounts` None) has nothing to count: its amounts
+        are the marks already, and its share of the month is already in the month's sums.
+        """
         ledger = self.ledgers[feed.endpoint]
         readings = []
-        newest: dict[tuple[str, ...], tuple[int, Decimal]] = {}
-        month_total: dict[tuple[str, ...], Decimal] = {}
+        if month != self._month_of:  # a new month: its gauges start again
+            self._month, self._month_parts, self._month_of = {}, {}, month
+        newest = max(buckets, key=lambda b: b.start, default=None)
         for bucket in buckets:
+            if bucket.amounts is None:
+                continue
+            part: dict[tuple[str, ...], Decimal] = {}
             for family, labels, amount in bucket.amounts:
                 if family == VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
-                    if bucket.start >= newest.get(labels, (-1, Decimal(0)))[0]:
-                        newest[labels] = (bucket.start, amount)
                     continue
                 readings.append(Reading(bucket.start, (family, *labels), "", amount))
                 if family == COST.name and bucket.start >= month:
-                    month_total[labels] = month_total.get(labels, Decimal(0)) + amount
+                    part[labels] = part.get(labels, Decimal(0)) + amount
+            if feed.endpoint == "costs" and bucket.start >= month:
+                self._replace_month_part(bucket.start, part)
+        if feed.endpoint == "vector_stores" and newest is not None and newest.amounts is not None:
+            self._vector_bytes = {labels: amount for family, labels, amount in newest.amounts}
+        self._digests[feed.endpoint] = {bucket.start: bucket.digest for bucket in buckets}
         outcome = ledger.record(readings, baseline=not ledger.started)
         ledger.forget_before(window if feed.endpoint != "costs" else min(window, month))
         for revision in outcome.revisions:
@@ -170,12 +189,16 @@ class SpendPoller:
                 was=str(revision.was),
                 now=str(revision.now),
             )
-        if feed.endpoint == "costs":
-            self._month = month_total
-        if feed.endpoint == "vector_stores":
-            self._vector_bytes = {labels: amount for labels, (_, amount) in newest.items()}
         if buckets:
             self.last_bucket.labels(feed.collector, feed.endpoint).set(max(b.end for b in buckets))
+
+    def _replace_month_part(self, bucket: int, part: dict[tuple[str, ...], Decimal]) -> None:
+        """A month's bucket read anew: the month's sums lose its old share and gain the new one."""
+        for labels, amount in self._month_parts.get(bucket, {}).items():
+            self._month[labels] -= amount
+        for labels, amount in part.items():
+            self._month[labels] = self._month.get(labels, Decimal(0)) + amount
+        self._month_parts[bucket] = part
 
     def _failed(self, collector: str, endpoint: str, exc: PollError) -> None:
         self._health.up.labels(collector).set(0)
