@@ -142,11 +142,15 @@ class Organization:
     def poll_spend(self) -> None:
         if self.spend is None or self.stop.is_set():
             return
-        if self.config.alias is None:
-            self.spend.poll()
-        else:
-            with structlog.contextvars.bound_contextvars(organization=self.config.alias):
+        try:
+            if self.config.alias is None:
                 self.spend.poll()
+            else:
+                with structlog.contextvars.bound_contextvars(organization=self.config.alias):
+                    self.spend.poll()
+        finally:
+            if self.config.poll_spend_interval > KEEPALIVE_EXPIRY and not self.stop.is_set():
+                self.spend_client.release_connections()  # as the list's: nothing held between polls
 
     def start(self) -> None:
         """Start the background refreshes of the details; the list and spend polls run on the scheduler."""

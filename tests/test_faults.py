@@ -24,7 +24,7 @@ from tests.support.faults import MATRIX_ARGS, MATRIX_PROJECTS, POLL_INTERVAL, PO
 from tests.support.keys import KEY
 from tests.support.metrics import Metrics, snapshot_series
 from tests.support.net import ReservedPort
-from tests.support.process import ExporterProcess
+from tests.support.process import NO_COLLECTORS, ExporterProcess
 from tests.support.upstream import Switchboard, start_simulator, stop_simulator
 
 pytestmark = pytest.mark.slow
@@ -216,7 +216,7 @@ def test_404_on_a_wrong_base_url_is_not_retried_and_polling_keeps_its_schedule(s
     server = simulator(50, seed=3)
     board = Switchboard(server, watches=lambda request: True)  # the wrong path is not the list's
     process = start_exporter(
-        "--api.base-url", f"{server.base_url}/wrong", "--poll.interval", "1s", "--api.max-retries", "3"
+        "--api.base-url", f"{server.base_url}/wrong", "--poll.interval", "1s", "--api.max-retries", "3", *NO_COLLECTORS
     )
     records = process.wait_events("poll_failed", count=3)[:3]
     for record in records:

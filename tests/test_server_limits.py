@@ -27,7 +27,7 @@ from exporter.settings import SettingsError, load
 from tests.support.keys import KEY
 from tests.support.metrics import Metrics
 from tests.support.net import get
-from tests.support.process import upstream_args
+from tests.support.process import NO_COLLECTORS, upstream_args
 from tests.support.procfs import latency_probe, rss_kib
 from tests.support.tls import Pki
 from tests.support.waiting import wait_for
@@ -121,7 +121,7 @@ def tls(simulator, start_exporter, pki, tmp_path):
 
     def start(*flags: str):
         process = start_exporter(
-            *upstream_args(server, "--web.config.file", str(web), *flags, interval="1h"), wait=None
+            *upstream_args(server, "--web.config.file", str(web), *NO_COLLECTORS, *flags, interval="1h"), wait=None
         )
         process.wait_ready(tls=context)
         return process

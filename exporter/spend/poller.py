@@ -105,6 +105,15 @@ class SpendPoller:
 
     def poll(self) -> None:
         lower_thread_priority()
+        try:
+            self._poll()
+        except PollCancelled:
+            return
+        except Exception as exc:  # a bug must not kill the schedule nor print a traceback
+            for collector in {feed.collector for feed in self.feeds}:
+                self._failed(collector, "-", PollError("internal", f"{type(exc).__name__}: {exc}"))
+
+    def _poll(self) -> None:
         now = self._clock()
         day = int(now) // DAY * DAY
         window = day - int(self._lookback // DAY) * DAY

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from exporter.collectors import COLLECTORS
+from exporter.spend import SPEND_COLLECTORS
 from tests.support import net
 from tests.support.keys import KEY
 from tests.support.metrics import Metrics
@@ -77,7 +78,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str, sta
 
 
 # For tests of the project list alone: the collectors' requests would be counted with its own.
-NO_COLLECTORS = tuple(f"--no-collector.{collector.name}" for collector in COLLECTORS if collector.default)
+NO_COLLECTORS = tuple(
+    f"--no-collector.{name}"
+    for name, default in (*((c.name, c.default) for c in COLLECTORS), *((s.name, s.default) for s in SPEND_COLLECTORS))
+    if default
+)
 
 
 def upstream_args(server, *extra: str, interval: str = "1s") -> list[str]:
