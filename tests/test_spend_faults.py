@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from tests.support.metrics import Metrics
-from tests.support.process import NO_COLLECTORS, ExporterProcess, upstream_args
+from tests.support.process import NO_DETAILS, ExporterProcess, upstream_args
 from tests.support.spend_faults import INJECTED, SPEND_ARGS, SPEND_INTERVAL, SpendFaultRow
 from tests.support.upstream import start_simulator, stop_simulator
 
@@ -52,7 +52,7 @@ def rig(tmp_path_factory):
     server = start_simulator(10, seed=13, now=time.time())
     costs = Costs(server)
     process = ExporterProcess.start(
-        [*upstream_args(server, *SPEND_ARGS, *NO_COLLECTORS)], tmp_path_factory.mktemp("spend-faults")
+        [*upstream_args(server, *SPEND_ARGS, *NO_DETAILS)], tmp_path_factory.mktemp("spend-faults")
     )
     try:
         process.wait_ready()

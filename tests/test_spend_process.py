@@ -11,13 +11,13 @@ import pytest
 from exporter.spend.poller import month_start
 from tests.support.metrics import Metrics
 from tests.support.net import free_port
-from tests.support.process import NO_COLLECTORS, ExporterProcess, upstream_args
+from tests.support.process import NO_DETAILS, ExporterProcess, upstream_args
 from tests.support.prometheus import Prometheus
 from tests.support.sdk import sdk
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-SPEND = ("--poll.spend-interval", "1s", "--api.requests-per-second", "200", *NO_COLLECTORS)
+SPEND = ("--poll.spend-interval", "1s", "--api.requests-per-second", "200", *NO_DETAILS)
 JOB = "spend-under-test"
 
 
@@ -131,7 +131,7 @@ def test_a_restart_neither_loses_nor_counts_twice_with_a_state_file_and_never_co
 
 
 def test_the_demo_shows_spend_rising_within_a_minute(start_exporter):
-    process = start_exporter("--demo", "--demo.projects", "30", *NO_COLLECTORS, key=None, wait="ready")
+    process = start_exporter("--demo", "--demo.projects", "30", *NO_DETAILS, key=None, wait="ready")
 
     def spent() -> Decimal:
         return sum(costs(process.metrics()).values(), Decimal(0))

@@ -77,6 +77,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str, sta
     assert KEY not in result.stderr
 
 
+# For tests of the costs and usage: the project details' requests would only slow them down.
+NO_DETAILS = tuple(f"--no-collector.{c.name}" for c in COLLECTORS if c.default)
 # For tests of the project list alone: the collectors' requests would be counted with its own.
 NO_COLLECTORS = tuple(
     f"--no-collector.{name}"
