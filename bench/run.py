@@ -2,6 +2,7 @@
 
     python bench/run.py            # N = 1,000, 10,000, 100,000, then concurrent paging at 100 ms RTT
     python bench/run.py --quick    # N = 1,000 and 10,000 only, no RTT part (about a minute)
+    python bench/run.py --spend    # then bench/spend.py with its defaults (about 5 minutes more)
 
 For each N it starts a loopback upstream, then: the exporter, idle, scraped in turns with a
 static server of its own bytes (the scrape floor); the exporter's warm polls, each followed
@@ -148,6 +149,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO,
         help="directory holding the exporter package to run (e.g. an exported older commit)",
     )
+    parser.add_argument(
+        "--spend",
+        action="store_true",
+        help="then the costs and usage measurements of bench/spend.py, with its defaults",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/...)")
     args = parser.parse_args(argv)
     args.sizes = [1000, 10000] if args.quick else [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -182,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             results["sizes"][str(n)] = bench_size(n, args, log)
         if args.rtt > 0:
             results["concurrency"] = bench_concurrency(args, log)
+        if args.spend:
+            import spend
+
+            results["spend"] = spend.run(spend.parse_args([]), log)
     except BenchError as exc:
         error = str(exc)
     except KeyboardInterrupt:
@@ -205,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {results['error']}; partial results in {out}")
         return 1
     print(report.render(results))
+    if "spend" in results:
+        import spend
+
+        print("\n## Costs and usage (bench/spend.py)\n")
+        print(spend.render(results["spend"]))
     log(f"done; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 0
 
