@@ -3,6 +3,7 @@
     python bench/run.py            # N = 1,000, 10,000, 100,000, then concurrent paging at 100 ms RTT
     python bench/run.py --quick    # N = 1,000 and 10,000 only, no RTT part (about a minute)
     python bench/run.py --spend    # then bench/spend.py with its defaults (about 5 minutes more)
+    python bench/run.py --governance all   # then bench/governance.py's parts, with its defaults
 
 For each N it starts a loopback upstream, then: the exporter, idle, scraped in turns with a
 static server of its own bytes (the scrape floor); the exporter's warm polls, each followed
@@ -26,6 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import governance
 import measure
 import report
 from procs import REPO, BenchError, stop_all
@@ -154,6 +156,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="then the costs and usage measurements of bench/spend.py, with its defaults",
     )
+    parser.add_argument(
+        "--governance",
+        choices=("off", "all", "budget", "scrape"),
+        default="off",
+        help="then these parts of bench/governance.py, with its defaults",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/...)")
     args = parser.parse_args(argv)
     args.sizes = [1000, 10000] if args.quick else [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             import spend
 
             results["spend"] = spend.run(spend.parse_args([]), log)
+        if args.governance != "off":
+            results["governance"] = governance.run(governance.defaults(part=args.governance), log)
     except BenchError as exc:
         error = str(exc)
     except KeyboardInterrupt:
@@ -220,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n## Costs and usage (bench/spend.py)\n")
         print(spend.render(results["spend"]))
+    if "governance" in results:
+        print("\n## Governance collectors (bench/governance.py)\n")
+        print(governance.render(results["governance"]))
     log(f"done; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 0
 
