@@ -927,6 +927,7 @@ def test_rate_limit_changes_are_per_model_with_each_changed_limit():
             "changed",
             {
                 "model": "gpt-4o",
+                "rate_limit_id": "rl_gpt-4o",
                 "old_images_per_minute": None,
                 "new_images_per_minute": 5,
                 "old_requests_per_minute": 600,
@@ -938,6 +939,7 @@ def test_rate_limit_changes_are_per_model_with_each_changed_limit():
             "changed",
             {
                 "model": "o3",
+                "rate_limit_id": "rl_o3",
                 "old_requests_per_day": 100,
                 "new_requests_per_day": None,
                 "old_requests_per_minute": 600,
@@ -949,7 +951,12 @@ def test_rate_limit_changes_are_per_model_with_each_changed_limit():
         Change(
             "rate_limit",
             "changed",
-            {"model": "whisper-1", "old_requests_per_minute": None, "new_requests_per_minute": 600},
+            {
+                "model": "whisper-1",
+                "rate_limit_id": "rl_whisper-1",
+                "old_requests_per_minute": None,
+                "new_requests_per_minute": 600,
+            },
         ),
     ]
     # A new id for the same limits is not a change of limits.

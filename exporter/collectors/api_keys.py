@@ -15,6 +15,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 
 from exporter.collectors.base import (
     Aggregate,
+    Audited,
     Change,
     Collector,
     Details,
@@ -159,5 +160,9 @@ API_KEYS = Collector(
     render=render,
     diff=diff,
     changes=(("api_key", "created"), ("api_key", "removed")),
+    audited_by={
+        "api_key_created": Audited(("api_key.created",), "api_key_id"),
+        "api_key_removed": Audited(("api_key.deleted",), "api_key_id"),
+    },
     aggregate=aggregate,
 )

@@ -64,6 +64,22 @@ class Change(NamedTuple):
         return f"{self.resource}_{self.change}"
 
 
+class Switch(NamedTuple):
+    """A collector of the organization's own feeds (costs, usage, the audit log), beside the per-project ones."""
+
+    name: str
+    help: str
+    default: bool
+
+
+class Audited(NamedTuple):
+    """The audit events that explain one kind of change, and the change's field naming what they happened to."""
+
+    event_types: tuple[str, ...]  # of the contract's AuditLogEventType
+    id_field: str  # the change's log field that holds the event's resource id: api_key_id, project_id, ...
+    shared_id: bool = False  # the id names the same thing in many projects (a user): the event's project must match
+
+
 class Aggregate(NamedTuple):
     """What a collector says about all projects at once: rendered families, and families that move with time."""
 
@@ -88,6 +104,9 @@ class Collector:
     fetch_organization: Callable[[Fetcher], Details] | None = None  # once per round, beside the projects
     render_organization: Callable[[Details], bytes] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Change event (api_key_created, ...) -> the audit events that name its actor. An event of
+    # one of these types in a project also puts that project's refresh first (exporter/audit).
+    audited_by: Mapping[str, Audited] = field(default_factory=dict)
 
 
 # -- parsing helpers: tolerant of absent optionals and new fields, strict on required ones -------

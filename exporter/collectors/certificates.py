@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from exporter.collectors.base import (
+    Audited,
     Change,
     Collector,
     Details,
@@ -92,4 +93,8 @@ CERTIFICATES = Collector(
     render=render,
     diff=diff,
     changes=(("certificate", "added"), ("certificate", "removed")),
+    audited_by={
+        "certificate_added": Audited(("certificate.created",), "certificate_id"),
+        "certificate_removed": Audited(("certificate.deleted",), "certificate_id"),
+    },
 )

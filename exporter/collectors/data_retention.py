@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from exporter.collectors.base import Change, Collector, Details, Family, Fetcher, obj, sample, text
+from exporter.collectors.base import Audited, Change, Collector, Details, Family, Fetcher, obj, sample, text
 
 
 class DataRetention(NamedTuple):
@@ -45,5 +45,7 @@ DATA_RETENTION = Collector(
     render=render,
     diff=diff,
     changes=(("data_retention", "changed"),),
+    # A project setting: the contract has no event type of its own for it, a change is a project.updated.
+    audited_by={"data_retention_changed": Audited(("project.updated",), "project_id")},
     count=lambda retention: int(retention is not None),
 )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from exporter.collectors.base import (
+    Audited,
     Change,
     Collector,
     Details,
@@ -48,6 +49,10 @@ def _collector(
     family = Family(metric, f"{what.capitalize()}s of the project by role")
     parse = _member(what)
     added = "added" if resource == "project_user" else "created"
+    # A user's id is the organization's, shared by each project the user is in; a service account's is the project's.
+    user = resource == "project_user"
+    event, id_field, shared = ("user", "user_id", True) if user else ("service_account", "service_account_id", False)
+    kinds = ((added, "added" if event == "user" else "created"), ("role_changed", "updated"), ("removed", "deleted"))
 
     def fetch(fetcher: Fetcher, project_id: str) -> Details:
         return unique(fetcher.list(f"/organization/projects/{project_id}/{path}", parse), what, project_id)
@@ -79,6 +84,7 @@ def _collector(
         render=render,
         diff=diff,
         changes=tuple((resource, c) for c in (added, "removed", "role_changed")),
+        audited_by={f"{resource}_{change}": Audited((f"{event}.{kind}",), id_field, shared) for change, kind in kinds},
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from exporter.collectors.base import Change, Collector, Details, Family, Fetcher, Invalid, obj, sample, text
+from exporter.collectors.base import Audited, Change, Collector, Details, Family, Fetcher, Invalid, obj, sample, text
 
 KNOWN_TOOLS = ("file_search", "web_search", "image_generation", "mcp", "code_interpreter")  # the contract's
 
@@ -87,5 +87,10 @@ PERMISSIONS = Collector(
     render=render,
     diff=diff,
     changes=(("model_permissions", "changed"), ("hosted_tool_permission", "changed")),
+    # Project settings, with no event type of their own in the contract.
+    audited_by={
+        "model_permissions_changed": Audited(("project.updated",), "project_id"),
+        "hosted_tool_permission_changed": Audited(("project.updated",), "project_id"),
+    },
     count=lambda permissions: len(permissions.models) + len(permissions.tools),
 )

@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from exporter.collectors.base import Change, Collector, Details, Family, Fetcher, Invalid, number, obj, sample, text
+from exporter.collectors.base import (
+    Audited,
+    Change,
+    Collector,
+    Details,
+    Family,
+    Fetcher,
+    Invalid,
+    number,
+    obj,
+    sample,
+    text,
+)
 
 # The API's field, and the `limit` label it becomes.
 LIMITS = (
@@ -57,14 +69,15 @@ def render(project_id: str, limits: Details, per_item: bool) -> Sequence[bytes]:
 
 def diff(old: Details, new: Details, emails: bool) -> list[Change]:
     before, after = {r.model: dict(r.values) for r in old}, {r.model: dict(r.values) for r in new}
+    ids = {r.model: r.id for r in (*old, *new)}  # the newer id wins: the one an audit event names
     changes = []
     for model in sorted(before.keys() | after.keys()):
         was, now = before.get(model, {}), after.get(model, {})
-        fields: dict[str, object] = {"model": model}
+        fields: dict[str, object] = {"model": model, "rate_limit_id": ids[model]}
         for label in sorted(was.keys() | now.keys()):
             if was.get(label) != now.get(label):
                 fields[f"old_{label}"], fields[f"new_{label}"] = was.get(label), now.get(label)
-        if len(fields) > 1:
+        if len(fields) > 2:
             changes.append(Change("rate_limit", "changed", fields))
     return changes
 
@@ -78,4 +91,5 @@ RATE_LIMITS = Collector(
     render=render,
     diff=diff,
     changes=(("rate_limit", "changed"),),
+    audited_by={"rate_limit_changed": Audited(("rate_limit.updated", "rate_limit.deleted"), "rate_limit_id")},
 )

@@ -8,7 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from exporter.collectors.base import Change, Collector, Details, Family, Fetcher, Invalid, cents, obj, sample, text
+from exporter.collectors.base import (
+    Audited,
+    Change,
+    Collector,
+    Details,
+    Family,
+    Fetcher,
+    Invalid,
+    cents,
+    obj,
+    sample,
+    text,
+)
 from exporter.exposition import SOURCE
 
 
@@ -84,6 +96,8 @@ SPEND_LIMITS = Collector(
     render=render,
     diff=diff,
     changes=(("spend_limit", "changed"),),
+    # A project setting: the contract has no event type of its own for it, a change is a project.updated.
+    audited_by={"spend_limit_changed": Audited(("project.updated",), "project_id")},
     count=lambda limit: int(limit is not None),
     fetch_organization=fetch_organization,
     render_organization=render_organization,

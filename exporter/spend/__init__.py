@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-
-class Switch(NamedTuple):
-    """A collector of the organization's own feeds, beside the per-project ones (exporter/collectors)."""
-
-    name: str
-    help: str
-    default: bool
-
+from exporter.collectors.base import Switch
 
 SPEND_COLLECTORS = (
     Switch("costs", "daily costs per project and line item, as counters and month-to-date gauges", True),
