@@ -25,6 +25,8 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
+from exporter.audit import NAME as AUDIT_NAME
+from exporter.audit.collector import AuditLog
 from exporter.budget import DETAILS, RequestBudget
 from exporter.collectors import BY_NAME
 from exporter.collectors.base import Collector
@@ -74,7 +76,9 @@ class Organization:
         feeds = [
             f for f in FEEDS if f.collector in config.collectors and f.endpoint in (*config.usage_endpoints, "costs")
         ]
-        self.health = CollectorHealth(registry, details, sorted({feed.collector for feed in feeds}))
+        audit = AUDIT_NAME in config.collectors
+        own = sorted({feed.collector for feed in feeds} | ({AUDIT_NAME} if audit else set()))
+        self.health = CollectorHealth(registry, details, own)
         self.health.budget_rate.set(self.budget.rate)
         self.budget.on_rate_change = self.health.budget_rate.set
         self.details = self._details_engine(config, registry, details, common) if details else None
@@ -90,6 +94,8 @@ class Organization:
             config.state_file,
             self.details,
         )
+        self.audit = self._audit_log(config, registry, details) if audit else None
+        self.poller.audit = self.audit
 
     def _details_engine(
         self,
@@ -117,6 +123,24 @@ class Organization:
         )
         self._workers = workers
         return engine
+
+    def _audit_log(self, config: OrganizationConfig, registry: CollectorRegistry, details: list[Collector]) -> AuditLog:
+        engine = self.details
+        audit = AuditLog(
+            self.client,  # the list poll's: its reads are part of that poll
+            collectors=details,
+            ask=engine.ask if engine is not None else lambda collector, project_id: None,
+            health=self.health,
+            registry=registry,
+            max_pages=config.poll_max_pages,
+            # Long enough for a change to be found by the collector's next round even if the
+            # refresh an event asked for failed; then forgotten.
+            retention=2 * max(config.poll_details_interval, config.poll_interval),
+            emails=config.log_emails,
+        )
+        if engine is not None:
+            engine.actor = audit.attribution.actor
+        return audit
 
     def _spend_poller(
         self, config: OrganizationConfig, registry: CollectorRegistry, feeds: list[Feed], common: dict[str, Any]
@@ -160,6 +184,11 @@ class Organization:
                 self.spend.restore(self.poller.restored_spend)
             except (ValueError, TypeError, KeyError) as exc:  # a damaged ledger: the spend starts afresh
                 log.warning("state_file_spend_ignored", reason=" ".join(str(exc).split())[:200])
+        if self.audit is not None:
+            try:
+                self.audit.restore(self.poller.restored_audit)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged position: start from now
+                log.warning("state_file_audit_ignored", reason=" ".join(str(exc).split())[:200])
         if self.details is not None:
             self.details.start(self._workers)
 

@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 
 from exporter import redaction, state
+from exporter.audit.attribution import PROJECT_CHANGES
+from exporter.audit.collector import AuditLog
 from exporter.chains import fetch_projects
 from exporter.details.engine import DetailsEngine
 from exporter.details.render import EMPTY_PART
@@ -99,6 +101,8 @@ class Poller:
         details: DetailsEngine | None = None,
     ):
         self._details = details
+        self.audit: AuditLog | None = None  # the audit-log collector, read at each poll
+        self.restored_audit: Mapping[str, Any] = {}
         self.spend: Callable[[], Mapping[str, Any]] | None = None  # the spend's ledgers, saved with the snapshot
         self.restored_spend: Mapping[str, Any] = {}
         self._client = client
@@ -119,7 +123,7 @@ class Poller:
         loaded = state.load_all(self._state_file)
         if loaded is None:
             return
-        snapshot, self.restored_spend = loaded
+        snapshot, self.restored_spend, self.restored_audit = loaded
         try:
             self._published.publish(self._renderer.render(snapshot))
         except Exception as exc:  # whatever a state file holds, it never stops a start
@@ -161,8 +165,14 @@ class Poller:
         self._published.publish(exposition, details)
         self._metrics.record_success(snapshot, changes, duration)
         self._published.finish(PollOutcome(True, snapshot.completed_at, duration))
+        if self.audit is not None:
+            # After the swap: the projects are served while the events are read. Before the
+            # change lines: they name who made each change. A failure stays in the collector.
+            self.audit.poll(started + self._poll_timeout)
         self._log_changes(previous, snapshot, changes)
-        self._save(snapshot)
+        saved = self._save(snapshot)
+        if self.audit is not None:
+            self.audit.saved(saved)
         release_free_memory()
         log.info(
             "poll_succeeded",
@@ -183,7 +193,12 @@ class Poller:
         if self._state_file is None:
             return True
         try:
-            state.save(self._state_file, snapshot, self.spend() if self.spend is not None else None)
+            state.save(
+                self._state_file,
+                snapshot,
+                self.spend() if self.spend is not None else None,
+                self.audit.dump() if self.audit is not None else None,
+            )
         except OSError as exc:
             log.warning("state_file_write_failed", path=str(self._state_file), reason=exc.strerror or str(exc))
             return False
@@ -196,8 +211,7 @@ class Poller:
         self._published.finish(PollOutcome(False, time.time(), duration, reason, message))
         log.warning("poll_failed", reason=reason, message=message, request_id=request_id, duration=round(duration, 3))
 
-    @staticmethod
-    def _log_changes(previous: Snapshot | None, snapshot: Snapshot, changes: Sequence[Change]) -> None:
+    def _log_changes(self, previous: Snapshot | None, snapshot: Snapshot, changes: Sequence[Change]) -> None:
         if previous is None:
             log.info(
                 "initial_snapshot",
@@ -207,7 +221,10 @@ class Poller:
             )
             return
         for change in changes:
-            fields = {"project_id": change.project.id, "name": change.project.name}
+            event = f"project_{change.kind}"
+            fields: dict[str, object] = {"project_id": change.project.id, "name": change.project.name}
             if change.kind == "renamed":
                 fields.update(old_name=change.old_name, new_name=change.project.name)
-            log.info(f"project_{change.kind}", **fields)
+            if self.audit is not None and (actor := self.audit.attribution.actor(PROJECT_CHANGES[event], fields)):
+                fields["actor"] = actor
+            log.info(event, **fields)

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Generic, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.audit import AUDIT_COLLECTOR
 from exporter.collectors import COLLECTORS
 from exporter.inputs import KEY_FILE_LIMIT, read_regular_file
 from exporter.redaction import add_secret
@@ -439,6 +440,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         for name, help_text, default in (
             *((c.name, c.help, c.default) for c in COLLECTORS),
             *SPEND_COLLECTORS,  # (name, help, default) too
+            AUDIT_COLLECTOR,
         )
     ),
     Setting(

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -33,13 +33,22 @@ log = structlog.get_logger("exporter.state")
 _writing = threading.Lock()  # the list poll and the spend poll both save
 
 
-def save(path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None = None) -> None:
-    """Write the snapshot and the spend's ledgers (exporter.spend.poller.SpendPoller.dump)."""
+class Loaded(NamedTuple):
+    snapshot: Snapshot
+    spend: Mapping[str, Any]  # empty from a version-2 file
+    audit: Mapping[str, Any]  # the audit log's position and counts; empty if none was saved
+
+
+def save(
+    path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None = None, audit: Mapping[str, Any] | None = None
+) -> None:
+    """Write the snapshot, the spend's ledgers (exporter.spend.poller.SpendPoller.dump) and the
+    audit log's position (exporter.audit.collector.AuditLog.dump)."""
     with _writing:
-        _save(path, snapshot, spend)
+        _save(path, snapshot, spend, audit)
 
 
-def _save(path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None) -> None:
+def _save(path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None, audit: Mapping[str, Any] | None) -> None:
     document = {
         "format": FORMAT,
         "version": VERSION,
@@ -48,6 +57,8 @@ def _save(path: Path, snapshot: Snapshot, spend: Mapping[str, Any] | None) -> No
         "duration": snapshot.duration,
         "projects": [project._asdict() for project in snapshot.projects.values()],
         "spend": dict(spend or {}),
+        # Optional within version 3: an older exporter ignores it, and reads the rest.
+        "audit": dict(audit or {}),
     }
     path = path.resolve() if path.is_symlink() else path
     if path.exists() and not path.is_file():
@@ -76,8 +87,8 @@ def load(path: Path) -> Snapshot | None:
     return loaded[0] if loaded is not None else None
 
 
-def load_all(path: Path) -> tuple[Snapshot, Mapping[str, Any]] | None:
-    """The saved snapshot and the spend's ledgers (empty from a version-2 file), or None."""
+def load_all(path: Path) -> Loaded | None:
+    """The saved snapshot, the spend's ledgers and the audit log's position, or None."""
     try:
         raw = read_regular_file(path, STATE_FILE_LIMIT)
     except FileNotFoundError:
@@ -95,6 +106,9 @@ def load_all(path: Path) -> tuple[Snapshot, Mapping[str, Any]] | None:
         spend = document.get("spend", {})
         if not isinstance(spend, dict):
             raise ValueError("`spend` is not an object")
+        audit = document.get("audit", {})
+        if not isinstance(audit, dict):
+            raise ValueError("`audit` is not an object")
         projects = [_project(row) for row in document["projects"]]
         snapshot = Snapshot.build(
             projects,
@@ -107,7 +121,7 @@ def load_all(path: Path) -> tuple[Snapshot, Mapping[str, Any]] | None:
         log.warning("state_file_ignored", path=str(path), reason=reason)
         return None
     log.info("state_file_loaded", path=str(path), projects=len(snapshot.projects), spend_feeds=len(spend))
-    return snapshot, spend
+    return Loaded(snapshot, spend, audit)
 
 
 _TEXT_OR_NONE = ("name", "external_key_id", "residency")

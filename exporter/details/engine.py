@@ -17,14 +17,14 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from exporter import redaction
-from exporter.collectors.base import Change, Collector, Details, Invalid
+from exporter.collectors.base import Audited, Change, Collector, Details, Invalid
 from exporter.details.fetch import Memo, ProjectGone, RefreshFetcher
 from exporter.details.health import CollectorHealth
 from exporter.details.render import EMPTY_PART, DetailsPart, DetailsRenderer, Entry
@@ -92,6 +92,8 @@ class DetailsEngine:
         self._connected = False  # whether a refresh may have left a connection open
         self._counted_at = 0.0  # when the stale projects were last counted
         self.part: DetailsPart = EMPTY_PART
+        # Who made a change, from the audit log when its collector runs (exporter/audit): the log line's `actor`.
+        self.actor: Callable[[Audited | None, Mapping[str, object]], dict[str, object] | None] = lambda a, f: None
 
     # -- the list poll's side -------------------------------------------------------------------
 
@@ -251,7 +253,11 @@ class DetailsEngine:
 
     def _log_change(self, unit: Unit, change: Change) -> None:
         self.health.changes.labels(change.resource, change.change).inc()
-        log.info(change.event, project_id=unit.project_id, collector=unit.collector, **change.fields)
+        fields = {"project_id": unit.project_id, "collector": unit.collector, **change.fields}
+        actor = self.actor(self._by_name[unit.collector].audited_by.get(change.event), fields)
+        if actor is not None:
+            fields["actor"] = actor
+        log.info(change.event, **fields)
 
     def _succeeded(self, collector: str) -> None:
         """Up, unless a fetch of this round or of the last whole one failed (the last verdict stands)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from exporter.audit import AUDIT_COLLECTOR
 from exporter.collectors import COLLECTORS
 from exporter.spend import SPEND_COLLECTORS
 from tests.support import net
@@ -82,7 +83,10 @@ NO_DETAILS = tuple(f"--no-collector.{c.name}" for c in COLLECTORS if c.default)
 # For tests of the project list alone: the collectors' requests would be counted with its own.
 NO_COLLECTORS = tuple(
     f"--no-collector.{name}"
-    for name, default in (*((c.name, c.default) for c in COLLECTORS), *((s.name, s.default) for s in SPEND_COLLECTORS))
+    for name, default in (
+        *((c.name, c.default) for c in COLLECTORS),
+        *((s.name, s.default) for s in (*SPEND_COLLECTORS, AUDIT_COLLECTOR)),
+    )
     if default
 )
 
