@@ -85,6 +85,9 @@ def test_every_alert_is_documented_and_tested_firing():
         "OpenAIOrganizationSpendNearLimit",
         "OpenAIProjectSpendProjectedOverLimit",
         "OpenAIProjectDailySpendSpike",
+        "OpenAIFailedLoginBurst",
+        "OpenAIAPIKeyCreated",
+        "OpenAIAuditLogDown",
     } <= names
     documented = set(re.findall(r"^\| `(\w+)` \|", ALERTS_DOC.read_text(), re.MULTILINE))
     for rule in alerts:
