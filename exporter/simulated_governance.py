@@ -6,6 +6,8 @@ permissions and data retention, and on the organization's spend limit. A project
 generated on its first read, from the seed, the project id and the organization's `now` alone:
 a 100,000-project organization starts at once, and a project reads the same whatever was read
 before it. Tests change the state through `SimulatedGovernance`'s methods; `churn` lets time pass.
+Every change but a key's use writes its event to the organization's audit log
+(exporter.simulated_audit): the change's type on the object's id, within its project.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:  # the audit log reads ApiError and the generators from here
+    from exporter.simulated_audit import SimulatedAuditLog
 
 JSON: TypeAlias = dict[str, Any]
 DAY = 86_400
@@ -69,6 +74,14 @@ _ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # What time passing does to a project: keys are used more often than anything else changes.
 _CHURN = "create_key use_key use_key use_key delete_key add_member change_role".split()
 _CHURN += "spend_limit rate_limit certificate".split()
+# The audit log's event on removing each list's objects.
+_DELETED = {
+    "api_keys": "api_key.deleted",
+    "users": "user.deleted",
+    "service_accounts": "service_account.deleted",
+    "certificates": "certificate.deleted",
+}
+_SCOPES = ["api.all"]  # what a new key may do: every key the simulator makes has all permissions
 
 
 class ApiError(Exception):
@@ -353,6 +366,11 @@ def generate(rng: random.Random, created: int, now: int, counts: Counts) -> Gove
     return state
 
 
+def _limit_change(limit: tuple[int, str] | None) -> JSON | None:
+    """A spend limit as an audit event names it; None once cleared."""
+    return None if limit is None else {"threshold_amount": limit[0], "enforcement": limit[1]}
+
+
 # -- the organization's governance --------------------------------------------------------------------
 
 
@@ -367,13 +385,21 @@ class SimulatedGovernance:
 
     A project's state is made on its first read or change. Changes use the wall clock, as
     `SimulatedOrganization.create` does; a missing project raises ApiError(404), a missing
-    object KeyError.
+    object KeyError. Each change writes its event to `audit` once it is made.
     """
 
     def __init__(
-        self, lock: threading.RLock, created_at: Callable[[str], int | None], *, seed: int, now: int, counts: Counts
+        self,
+        lock: threading.RLock,
+        created_at: Callable[[str], int | None],
+        *,
+        seed: int,
+        now: int,
+        counts: Counts,
+        audit: SimulatedAuditLog,
     ):
         self._lock, self._created_at, self._seed, self._now, self._counts = lock, created_at, seed, now, counts
+        self.audit = audit
         self._states: dict[str, Governance] = {}
         # New objects and churn draw from their own generator, so the projects' stay as they were.
         self._rng = random.Random(f"{seed}/governance")
@@ -456,6 +482,7 @@ class SimulatedGovernance:
             key = new_api_key(self._rng, owner_type, owner, now, last_used_at)
             key.name = name or key.name
             state.api_keys[key.id] = key
+            self.audit.record("api_key.created", project_id=project_id, resource_id=key.id, data={"scopes": _SCOPES})
             return render_api_key(key, state)
 
     def use_api_key(self, project_id: str, key_id: str, at: int | None = None) -> JSON:
@@ -472,6 +499,7 @@ class SimulatedGovernance:
             state = self._state(project_id)
             user = new_user(self._rng, _valid(role, ("owner", "member"), "role"), int(time.time()), name, email)
             state.users[user.id] = user
+            self.audit.record("user.added", project_id=project_id, resource_id=user.id, data={"role": user.role})
             return render_user(user)
 
     def add_service_account(self, project_id: str, *, role: str = "member", name: str | None = None) -> JSON:
@@ -480,12 +508,15 @@ class SimulatedGovernance:
             role = _valid(role, ("owner", "member", "none"), "role")
             account = new_service_account(self._rng, role, int(time.time()), name)
             state.service_accounts[account.id] = account
+            data = {"role": role}
+            self.audit.record("service_account.created", project_id=project_id, resource_id=account.id, data=data)
             return render_service_account(account)
 
     def set_user_role(self, project_id: str, user_id: str, role: str) -> JSON:
         with self._lock:
             user = self._state(project_id).users[user_id]
             user.role = _valid(role, ("owner", "member"), "role")
+            self.audit.record("user.updated", project_id=project_id, resource_id=user_id, data={"role": role})
             return render_user(user)
 
     def set_service_account_role(self, project_id: str, account_id: str, role: str) -> JSON:
@@ -493,12 +524,17 @@ class SimulatedGovernance:
         with self._lock:
             account = self._state(project_id).service_accounts[account_id]
             account.role = _valid(role, ("owner", "member", "none"), "role")
+            data = {"role": role}
+            self.audit.record("service_account.updated", project_id=project_id, resource_id=account_id, data=data)
             return render_service_account(account)
 
     def _remove(self, project_id: str, resource: str, object_id: str) -> str:
         with self._lock:
             objects: dict[str, Any] = getattr(self._state(project_id), resource)
-            del objects[object_id]
+            removed = objects.pop(object_id)
+            # A certificate's event names it; the others carry the id alone.
+            data = {"name": removed.name} if resource == "certificates" and removed.name is not None else None
+            self.audit.record(_DELETED[resource], project_id=project_id, resource_id=object_id, data=data)
             return object_id
 
     def remove_api_key(self, project_id: str, key_id: str) -> str:
@@ -522,6 +558,7 @@ class SimulatedGovernance:
             state = self._state(project_id)
             enforcement = _valid(enforcement, ("enforcing", "inactive"), "enforcement")
             state.spend_limit = None if threshold_amount is None else (threshold_amount, enforcement)
+            self._project_updated(project_id, "spend_limit", _limit_change(state.spend_limit))
             return None if state.spend_limit is None else render_spend_limit("project.spend_limit", state.spend_limit)
 
     def set_rate_limit(self, project_id: str, model: str, **limits: int | None) -> JSON:
@@ -540,6 +577,9 @@ class SimulatedGovernance:
                 else:
                     entry[name] = value
             state.rate_limits[model] = entry
+            # The contract's changes are numbers: a limit taken out (None) is left out of them.
+            changes = {name: value for name, value in limits.items() if value is not None}
+            self.audit.record("rate_limit.updated", project_id=project_id, resource_id=entry["id"], data=changes)
             return dict(entry)
 
     def add_certificate(
@@ -550,6 +590,7 @@ class SimulatedGovernance:
             expires_at = now + 365 * DAY if expires_at is None else expires_at
             certificate = new_certificate(self._rng, now, expires_at, active, name)
             state.certificates[certificate.id] = certificate
+            self._certificate_event("certificate.created", project_id, certificate)
             return render_certificate(certificate)
 
     def set_certificate(
@@ -559,6 +600,7 @@ class SimulatedGovernance:
             certificate = self._state(project_id).certificates[certificate_id]
             certificate.active = certificate.active if active is None else active
             certificate.expires_at = certificate.expires_at if expires_at is None else expires_at
+            self._certificate_event("certificate.updated", project_id, certificate)
             return render_certificate(certificate)
 
     def set_model_permissions(self, project_id: str, mode: str, model_ids: Iterable[str]) -> JSON:
@@ -567,16 +609,20 @@ class SimulatedGovernance:
                 _valid(mode, ("allow_list", "deny_list"), "mode"),
                 list(model_ids),
             )
-            return self.read(project_id, "model_permissions", {})
+            permissions = self.read(project_id, "model_permissions", {})
+            self._project_updated(project_id, "model_permissions", {k: permissions[k] for k in ("mode", "model_ids")})
+            return permissions
 
     def set_hosted_tool(self, project_id: str, tool: str, enabled: bool) -> JSON:
         with self._lock:
             self._state(project_id).hosted_tools[_valid(tool, HOSTED_TOOLS, "tool")] = enabled
+            self._project_updated(project_id, "hosted_tool_permissions", {tool: {"enabled": enabled}})
             return self.read(project_id, "hosted_tool_permissions", {})
 
     def set_data_retention(self, project_id: str, type_: str) -> JSON:
         with self._lock:
             self._state(project_id).data_retention = _valid(type_, DATA_RETENTION_TYPES, "type")
+            self._project_updated(project_id, "data_retention", {"type": type_})
             return self.read(project_id, "data_retention", {})
 
     def set_organization_spend_limit(self, threshold_amount: int | None, enforcement: str = "enforcing") -> JSON | None:
@@ -584,7 +630,20 @@ class SimulatedGovernance:
         with self._lock:
             enforcement = _valid(enforcement, ("enforcing", "inactive"), "enforcement")
             self._organization_limit = None if threshold_amount is None else (threshold_amount, enforcement)
+            organization_id = self.audit.organization_id
+            changes = {"spend_limit": _limit_change(self._organization_limit)}
+            self.audit.record("organization.updated", project_id=None, resource_id=organization_id, data=changes)
             return None if threshold_amount is None else self.read(None, ORGANIZATION_SPEND_LIMIT, {})
+
+    # -- the audit log ----------------------------------------------------------------------------------
+
+    def _project_updated(self, project_id: str, name: str, value: Any) -> None:
+        """A setting the contract's `project.updated` has no field for: named after its endpoint."""
+        self.audit.record("project.updated", project_id=project_id, resource_id=project_id, data={name: value})
+
+    def _certificate_event(self, type_: str, project_id: str, certificate: Certificate) -> None:
+        data = None if certificate.name is None else {"name": certificate.name}
+        self.audit.record(type_, project_id=project_id, resource_id=certificate.id, data=data)
 
     # -- time passing -----------------------------------------------------------------------------------
 

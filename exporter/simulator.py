@@ -11,9 +11,9 @@ project's users, service accounts, API keys, rate limits, certificates, spend li
 hosted-tool permissions and data retention, and on the organization's spend limit: their state
 lives in exporter/simulated_governance.py. And it serves the organization's costs and the ten
 usage endpoints of the same contract, from exporter/simulated_spend.py: time buckets of each
-project's usage, which grow while they are recent, and their costs. `SimulatedOrganization.forbidden`
-names the resources the key lacks the scope for ("api_keys", "costs", "usage/completions", ...),
-which answer 403.
+project's usage, which grow while they are recent, and their costs. And the organization's audit
+log, from exporter/simulated_audit.py, which every change writes to. `SimulatedOrganization.forbidden`
+names the resources the key lacks the scope for ("api_keys", "costs", "audit_logs", ...), which answer 403.
 
     python -m exporter.simulator --listen 127.0.0.1:8900 --projects 300 --admin-key sk-admin-test
 """
@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
+from exporter.simulated_audit import AUDIT_LOGS, SimulatedAuditLog
 from exporter.simulated_governance import (
     ORGANIZATION_SPEND_LIMIT,
     PROJECT_RESOURCES,
@@ -113,10 +114,13 @@ class SimulatedOrganization:
         clock = clock or Clock(now)
         now = clock() if now is None else now
         self.forbidden = set(forbidden)
-        if unknown := self.forbidden - set(RESOURCES) - set(SPEND_RESOURCES):
+        if unknown := self.forbidden - set(RESOURCES) - set(SPEND_RESOURCES) - {AUDIT_LOGS}:
             raise ValueError(f"unknown resources: {', '.join(sorted(unknown))}")
         counts = Counts(users_per_project, service_accounts_per_project, keys_per_project)
-        self.governance = SimulatedGovernance(self._lock, self._created_at, seed=seed, now=int(now), counts=counts)
+        self.audit = SimulatedAuditLog(self._lock, clock, self.get, seed=seed)  # the history starts empty
+        self.governance = SimulatedGovernance(
+            self._lock, self._created_at, seed=seed, now=int(now), counts=counts, audit=self.audit
+        )
         self.spend = SimulatedSpend(
             self._lock, self._times, self._identities, seed=seed, clock=clock, models=models, settle=settle
         )
@@ -196,12 +200,15 @@ class SimulatedOrganization:
             project = self._new_project(int(time.time()), name)
             project.update({k: v for k, v in fields.items() if v is not None})
             self._append(project)
+            self.audit.project_changed(None, project)
             return dict(project)
 
     def update(self, project_id: str, **fields: Any) -> ProjectObject:
         with self._lock:
             project = self._projects[self._position[project_id]]
+            before = dict(project)
             project.update(fields)
+            self.audit.project_changed(before, project)
             return dict(project)
 
     def archive(self, project_id: str) -> ProjectObject:
@@ -212,6 +219,7 @@ class SimulatedOrganization:
 
     def remove(self, project_id: str) -> None:
         with self._lock:
+            self.audit.project_changed(self._projects[self._position[project_id]], None)  # while it has a name
             del self._projects[self._position.pop(project_id)]
             self._position = {p["id"]: i for i, p in enumerate(self._projects)}
             self.governance.forget(project_id)
@@ -220,7 +228,8 @@ class SimulatedOrganization:
     def churn(self) -> None:
         """One step of time passing: a project created, one archived, one renamed, rarely one unarchived;
         one or two governance changes among the active projects (a key made, used or deleted, ...);
-        and a burst of use by one or two of them, so that the current buckets' spend rises."""
+        a burst of use by one or two of them, so that the current buckets' spend rises; the audit
+        events of those changes, and maybe a sign-in or an invitation."""
         rng = self._rng
         with self._lock:
             active = [p["id"] for p in self._projects if p["status"] == "active"]
@@ -234,6 +243,7 @@ class SimulatedOrganization:
             self.unarchive(rng.choice(archived))
         self.governance.churn(active)
         self.spend.churn(active)
+        self.audit.churn()
 
 
 @dataclass
@@ -343,10 +353,12 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["", "v1", "organization", "spend_limit"] and request.method == "GET":
             return self._governance(None, ORGANIZATION_SPEND_LIMIT, request.query)
         if parts == ["", "v1", "organization", "costs"] and request.method == "GET":
-            return self._spend(COSTS)
+            return self._whole_query(COSTS)
         if len(parts) == 5 and parts[:4] == ["", "v1", "organization", "usage"] and parts[4] in ENDPOINTS:
             if request.method == "GET":
-                return self._spend(f"usage/{parts[4]}")
+                return self._whole_query(f"usage/{parts[4]}")
+        if parts == ["", "v1", "organization", "audit_logs"] and request.method == "GET":
+            return self._whole_query(AUDIT_LOGS)
         if parts[:4] != ["", "v1", "organization", "projects"]:
             return Response(404, error_body(f"Invalid URL ({request.method} {request.path})"))
         if len(parts) == 6 and parts[5] in PROJECT_RESOURCES and request.method == "GET":
@@ -383,14 +395,14 @@ class _Handler(BaseHTTPRequestHandler):
             return Response(error.status, error_body(error.message, code=error.code, param=error.param))
         return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
 
-    def _spend(self, resource: str) -> Response:
-        """Costs or usage: its arrays come repeated or with brackets, so the query is read whole here."""
-        organization = self.server.organization
+    def _whole_query(self, resource: str) -> Response:
+        """Costs, usage or the audit log: their arrays come repeated or with brackets, so the query is read whole."""
+        organization, audit = self.server.organization, resource == AUDIT_LOGS
         if resource in organization.forbidden:  # before the query is checked, as a missing scope is
-            return _forbidden("api.usage.read")
+            return _forbidden("api.audit_logs.read" if audit else "api.usage.read")
         params = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
         try:
-            document = organization.spend.read(resource, params)
+            document = organization.audit.read(params) if audit else organization.spend.read(resource, params)
         except ApiError as error:
             return Response(error.status, error_body(error.message, code=error.code, param=error.param))
         return Response(200, json.dumps(document, ensure_ascii=False).encode(), delay=self.server.page_delay)
@@ -472,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("users", "service-accounts", "keys"):
         parser.add_argument(f"--{kind}-per-project", type=int, help="a fixed count (default a realistic variety)")
     parser.add_argument("--models", type=int, help="how many models the usage spreads over (default 16)")
-    every = ", ".join((*RESOURCES, *SPEND_RESOURCES))
+    parser.add_argument("--audit-log-disabled", action="store_true", help="the audit log answers 403")
+    every = ", ".join((*RESOURCES, *SPEND_RESOURCES, AUDIT_LOGS))
     parser.add_argument("--forbidden", default="", help=f"comma-separated, answered 403: {every}")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
@@ -485,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         forbidden=[name for name in args.forbidden.split(",") if name],
         models=args.models,
     )
+    organization.audit.enabled = not args.audit_log_disabled
     server = OrganizationServer(
         organization,
         args.admin_key,
