@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.support.audit_faults import AUDIT_ROWS
 from tests.support.detail_faults import DETAIL_ROWS
 from tests.support.faultmatrix import COMMAND, render
 from tests.support.faults import ROWS
@@ -20,7 +21,7 @@ def test_the_document_is_the_table_rendered():
 
 def test_every_row_is_a_row_of_the_document():
     rows = [line for line in render().splitlines() if line.startswith("| `")]
-    every = [*ROWS, *DETAIL_ROWS, *SPEND_ROWS]
+    every = [*ROWS, *DETAIL_ROWS, *SPEND_ROWS, *AUDIT_ROWS]
     assert [line.split("|")[1].strip().strip("`") for line in rows] == [row.id for row in every]
     assert len({row.id for row in every}) == len(every), "two rows share an id"
     assert all(row.description for row in every), "every row says what its fault is"

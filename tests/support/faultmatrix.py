@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from tests.support.audit_faults import AUDIT_ROWS, AuditFaultRow
+from tests.support.audit_faults import POLL_INTERVAL as AUDIT_POLL_INTERVAL
 from tests.support.detail_faults import (
     DETAIL_PROJECTS,
     DETAIL_ROWS,
@@ -174,10 +176,36 @@ def render_spend_row(row: SpendFaultRow) -> list[str]:
     ]
 
 
+AUDIT_INTRO = f"""
+## Audit log
+
+Each row is one fault of the audit log endpoint (`AUDIT_ROWS` in `tests/support/audit_faults.py`),
+injected by `tests/test_audit_faults.py` into an exporter of its own that reads the audit log at
+each list poll, {AUDIT_POLL_INTERVAL:g}s apart, while three events are written. For every injected
+row the test checks the audit-log collector's `openai_collector_up`, which
+`openai_collector_failures_total{{collector="audit-log",reason}}` moved, the log line, that the
+project list goes on, and that the three events are counted once the fault ends, exactly once
+(or not at all, by a collector that turned itself off).
+"""
+AUDIT_HEADER = ("id", "fault", "audit-log up", "reason", "what the exporter does", "checked by")
+
+
+def render_audit_row(row: AuditFaultRow) -> list[str]:
+    return [
+        f"`{row.id}`",
+        row.description,
+        "1" if row.reason is None else "0",
+        f"`{row.reason}`" if row.reason else "none",
+        row.outcome,
+        f"`{row.checked_by}`",
+    ]
+
+
 def render() -> str:
     lines = [INTRO, *_table(HEADER, [render_row(row) for row in ROWS])]
     lines += [DETAIL_INTRO, *_table(DETAIL_HEADER, [render_detail_row(row) for row in DETAIL_ROWS])]
     lines += [SPEND_INTRO, *_table(SPEND_HEADER, [render_spend_row(row) for row in SPEND_ROWS])]
+    lines += [AUDIT_INTRO, *_table(AUDIT_HEADER, [render_audit_row(row) for row in AUDIT_ROWS])]
     return "\n".join(lines) + "\n"
 
 
