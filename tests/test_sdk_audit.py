@@ -4,18 +4,22 @@ The SDK is generated from OpenAI's own spec: if its auto-paging returns every ev
 log's order, and it parses every field of every event into a field it declares (the type's details,
 the actor, the project) with the raw JSON's value, the simulator speaks the real contract. The one
 allowance: the fields of `changes_requested` the simulator adds where the contract names none
-(EXTRA_CHANGES), which the SDK keeps as extra fields. Its filters and errors go through as well.
+(EXTRA_CHANGES), which the SDK keeps as extra fields. Its filters and errors go through as well,
+and the exporter counts by type exactly the events the SDK lists.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import openai
 import pytest
 from pydantic import BaseModel
 
+from exporter.audit.events import EVENT_TYPES
 from exporter.simulated_audit import DISABLED, EXTRA_CHANGES, facets
+from tests.support.process import NO_DETAILS, upstream_args
 from tests.support.sdk import sdk
 from tests.support.upstream import start_simulator, stop_simulator
 from tests.test_simulated_audit import NOW, every_change
@@ -134,3 +138,25 @@ def test_the_sdk_raises_the_simulators_errors(simulator):
     with pytest.raises(openai.PermissionDeniedError) as raised:
         audit_logs.list()
     assert raised.value.status_code == 403 and DISABLED in str(raised.value)
+
+
+@pytest.mark.slow
+def test_the_exporter_counts_by_type_what_the_sdk_lists(simulator, start_exporter):
+    server = simulator(8, seed=9)
+    process = start_exporter(
+        *upstream_args(server, *NO_DETAILS, "--no-collector.costs", "--no-collector.usage"), wait="ready"
+    )
+    first = process.wait_metric(
+        lambda m: m.get("openai_audit_last_event_timestamp_seconds") is not None, what="a first read"
+    )
+    start = int(first.get("openai_audit_last_event_timestamp_seconds"))  # history before it is not counted
+    for _ in range(25):
+        server.organization.churn()
+    listed = Counter(e.type for e in sdk(server).admin.organization.audit_logs.list(effective_at={"gte": start}))
+    assert sum(listed.values()) > 25
+
+    def counted(metrics) -> dict[str, float]:
+        return {t: v for t in EVENT_TYPES if (v := metrics.get("openai_audit_events_total", type=t))}
+
+    metrics = process.wait_metric(lambda m: sum(counted(m).values()) >= sum(listed.values()), what="every event")
+    assert counted(metrics) == dict(listed)
