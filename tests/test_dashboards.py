@@ -143,6 +143,9 @@ def test_dashboard_covers_the_exporters_metrics():
         "openai_project_requests_total",
         "openai_usage_last_bucket_timestamp_seconds",
         "openai_usage_revisions_total",
+        # The Security row, from the audit log.
+        "openai_audit_events_total",
+        "openai_audit_last_event_timestamp_seconds",
     ):
         assert re.search(rf"\b{metric}\{{", exprs), metric
 
