@@ -35,7 +35,7 @@ from exporter.audit.reader import Position, read_since
 from exporter.collectors.base import Collector
 from exporter.details.health import CollectorHealth
 from exporter.exposition import SOURCE
-from exporter.upstream import ApiClient, PollError
+from exporter.upstream import ApiClient, PollCancelled, PollError
 
 log = structlog.get_logger("exporter.audit")
 RETRY_UNAVAILABLE = 3600.0  # seconds: audit logging is switched on by hand, and rarely
@@ -125,6 +125,8 @@ class AuditLog:
         requests: list[int] = []
         try:
             read = read_since(self._client, position, deadline, self._max_pages, on_request=requests.append)
+        except PollCancelled:
+            raise  # stopping: the poll gives up as a whole, without a verdict
         except PollError as exc:
             self._failed(exc)
             return
