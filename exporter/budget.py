@@ -1,9 +1,13 @@
 """One request budget per organization, shared by the project list and every collector.
 
-Every upstream request takes a slot first. Slots are spaced 1/rate apart with no burst, so
-no one-second window holds more than rate + 1 requests, whoever asks (LATE_SHARE below). Waiters are served
-by priority: the project list before details, so detail work delays a list poll by at most
-the one slot already given out.
+Every upstream request takes a slot first. Slots are spaced 1/rate apart with no burst, and
+no half-open second holds more than floor(rate) slots, whoever asks (a rate of 7.5 gives 7 in
+every second). The upstream sees each request a little after its slot, and not always by the
+same delay: while that delay varies by less than a slot, it counts at most one more in any
+second, rate + 1 at worst.
+
+Waiters are served by priority: the project list before details, so detail work delays a
+list poll by at most the one slot already given out.
 
 A 429 anywhere slows everyone: the rate halves (down to MIN_RATE_SHARE of the configured
 one) and no slot is given before its Retry-After has passed. Each success then wins back
@@ -13,8 +17,10 @@ at typical rates, and one that goes on keeps the exporter at the rate it can sus
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 LIST = 0  # the project list: never waits behind details
@@ -27,6 +33,11 @@ LATE_SHARE = 0.04
 
 class BudgetCancelled(Exception):
     """The stop event was set while waiting for a slot."""
+
+
+def per_second(rate: float) -> int:
+    """The most slots any half-open second may hold at this rate."""
+    return max(1, math.floor(rate + 1e-9))  # 1e-9: a rate won back in steps of a twentieth
 
 
 class RequestBudget:
@@ -44,6 +55,7 @@ class RequestBudget:
         self._clock = clock
         self.on_rate_change = on_rate_change
         self._next_slot = 0.0  # the earliest time the next slot may be given
+        self._recent: deque[float] = deque(maxlen=per_second(rate))  # the last slots' times
         self._waiting = [0, 0, 0]  # waiters by priority
         self._condition = threading.Condition()
         self.granted = 0
@@ -65,20 +77,14 @@ class RequestBudget:
                         raise BudgetCancelled()
                     now = self._clock()
                     ahead = any(self._waiting[:priority])
-                    if not ahead and now >= self._next_slot and now >= not_before:
-                        # Spaced 1/rate from the last slot, not from now: a waiter woken a little
-                        # late does not push every later slot back. Never from further back than
-                        # LATE_SHARE of a slot, so no burst follows a lull: any two slots are at
-                        # least (1 - LATE_SHARE)/rate apart.
-                        self._next_slot = max(self._next_slot, now - LATE_SHARE / self.rate) + 1 / self.rate
-                        self.granted += 1
+                    wake = now + 0.5 if ahead else self._ready(not_before)
+                    if not ahead and now >= wake:
+                        self._grant(now)
                         self._condition.notify_all()  # the next waiter computes its own wait
                         return True
                     if deadline is not None and now >= deadline:
                         return False
-                    wait = max(self._next_slot - now, not_before - now, 0.0) if not ahead else 0.5
-                    if deadline is not None:
-                        wait = min(wait, max(deadline - now, 0.0))
+                    wait = wake - now if deadline is None else min(wake, deadline) - now
                     # Bounded: a stop or a higher-priority waiter leaving wakes us by notify, but
                     # a fake clock in tests moves without one.
                     self._condition.wait(min(wait, 0.5) if wait > 0 else 0.001)
@@ -86,10 +92,30 @@ class RequestBudget:
                 self._waiting[priority] -= 1
                 self._condition.notify_all()  # lower priorities may go now
 
+    def _ready(self, not_before: float) -> float:
+        """The earliest time a slot may be given: spaced from the last, within the second's share, after a backoff."""
+        recent = self._recent
+        # The oldest of a full second's slots must be a whole second old: a half-open second
+        # then never holds more than floor(rate), however the spacing caught up after a late waiter.
+        window = recent[0] + 1.0 if len(recent) == recent.maxlen else 0.0
+        return max(self._next_slot, window, not_before)
+
+    def _grant(self, now: float) -> None:
+        # Spaced 1/rate from the last slot, not from now: a waiter woken a little late does not
+        # push every later slot back. Never from further back than LATE_SHARE of a slot, so no
+        # burst follows a lull; the second's share above bounds what the catching up may add.
+        self._next_slot = self._after(now)
+        self._recent.append(now)
+        self.granted += 1
+
+    def _after(self, now: float) -> float:
+        """When the next slot may be given if one is given at `now`."""
+        return max(self._next_slot, now - LATE_SHARE / self.rate) + 1 / self.rate
+
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: halve the rate and give no slot before Retry-After has passed."""
         with self._condition:
-            self.rate = max(self.configured * MIN_RATE_SHARE, self.rate / 2)
+            self._set_rate(max(self.configured * MIN_RATE_SHARE, self.rate / 2))
             if retry_after:
                 self._next_slot = max(self._next_slot, self._clock() + retry_after)
             rate = self.rate
@@ -100,6 +126,11 @@ class RequestBudget:
         if self.rate >= self.configured:
             return
         with self._condition:
-            self.rate = min(self.configured, self.rate + self.configured * RECOVERY_SHARE)
+            self._set_rate(min(self.configured, self.rate + self.configured * RECOVERY_SHARE))
             rate = self.rate
         self.on_rate_change(rate)
+
+    def _set_rate(self, rate: float) -> None:
+        self.rate = rate
+        if per_second(rate) != self._recent.maxlen:
+            self._recent = deque(self._recent, maxlen=per_second(rate))  # keeps the latest slots
