@@ -6,8 +6,12 @@ every second). The upstream sees each request a little after its slot, and not a
 same delay: while that delay varies by less than a slot, it counts at most one more in any
 second, rate + 1 at worst.
 
-Waiters are served by priority: the project list before details, so detail work delays a
-list poll by at most the one slot already given out.
+Waiters are served by priority: the project list, then a refresh an audit event asked for,
+then the details. A list poll also declares itself (`listing`), so that the others leave it
+the slots it is about to need rather than only those it waits for: while one of its pages is
+in flight, and before its next poll is due, a lower priority takes a slot only if the slot
+after it is free again by the time the list asks. The list poll then takes no longer with the
+details running than without them.
 
 A 429 anywhere slows everyone: the rate halves (down to MIN_RATE_SHARE of the configured
 one) and no slot is given before its Retry-After has passed. Each success then wins back
@@ -21,7 +25,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 LIST = 0  # the project list: never waits behind details
 AUDIT = 1  # a refresh an audit event asked for
@@ -29,6 +34,15 @@ DETAILS = 2  # a collector's due refresh
 MIN_RATE_SHARE = 1 / 16
 RECOVERY_SHARE = 1 / 20
 LATE_SHARE = 0.04
+# A page is expected back one round trip after its slot: the quickest of its poll's pages so
+# far, or of the last poll's, so it is seldom sooner; this covers the timer's own slack.
+PAGE_MARGIN = 0.002
+# The scheduler starts a poll a few milliseconds after its time, more on a busy host, and
+# not always by the same delay: the next poll may ask this much before one interval is up.
+START_MARGIN = 0.05
+# A list request this late is not waited for any longer (a slow page, a skipped poll): when
+# it comes, it waits one slot at most, as it would without the forecast.
+HOLD_LATE = 0.5
 
 
 class BudgetCancelled(Exception):
@@ -59,6 +73,11 @@ class RequestBudget:
         self._waiting = [0, 0, 0]  # waiters by priority
         self._condition = threading.Condition()
         self.granted = 0
+        self._listing = False
+        self._next_poll: float | None = None  # when the next list poll is expected to ask
+        self._pages_out: dict[int, float] = {}  # list thread -> when its page in flight got its slot
+        self._page_rtt: float | None = None  # the quickest page round trip of the last list poll
+        self._poll_rtt: float | None = None  # ... and of the one running
 
     def acquire(
         self, priority: int, stop: threading.Event, deadline: float | None = None, not_before: float = 0.0
@@ -70,6 +89,8 @@ class RequestBudget:
         BudgetCancelled when `stop` is set: the daemon is stopping.
         """
         with self._condition:
+            if priority == LIST:
+                self._list_asks()
             self._waiting[priority] += 1
             try:
                 while True:
@@ -79,9 +100,11 @@ class RequestBudget:
                     ahead = any(self._waiting[:priority])
                     wake = now + 0.5 if ahead else self._ready(not_before)
                     if not ahead and now >= wake:
-                        self._grant(now)
-                        self._condition.notify_all()  # the next waiter computes its own wait
-                        return True
+                        wake = 0.0 if priority == LIST else self._held_until(now)
+                        if not wake:
+                            self._grant(priority, now)
+                            self._condition.notify_all()  # the next waiter computes its own wait
+                            return True
                     if deadline is not None and now >= deadline:
                         return False
                     wait = wake - now if deadline is None else min(wake, deadline) - now
@@ -100,17 +123,66 @@ class RequestBudget:
         window = recent[0] + 1.0 if len(recent) == recent.maxlen else 0.0
         return max(self._next_slot, window, not_before)
 
-    def _grant(self, now: float) -> None:
+    def _grant(self, priority: int, now: float) -> None:
         # Spaced 1/rate from the last slot, not from now: a waiter woken a little late does not
         # push every later slot back. Never from further back than LATE_SHARE of a slot, so no
         # burst follows a lull; the second's share above bounds what the catching up may add.
         self._next_slot = self._after(now)
         self._recent.append(now)
         self.granted += 1
+        if priority == LIST and self._listing:
+            self._pages_out[threading.get_ident()] = now
 
     def _after(self, now: float) -> float:
         """When the next slot may be given if one is given at `now`."""
         return max(self._next_slot, now - LATE_SHARE / self.rate) + 1 / self.rate
+
+    @contextmanager
+    def listing(self, every: float) -> Iterator[None]:
+        """Around one whole list poll, of a list polled every `every` seconds: the others leave it its slots.
+
+        While a page of it is in flight, it is expected back one round trip after its slot
+        (the quickest of this poll's pages, or of the last poll's: a fast page must not find
+        its slot taken); after the poll, the next one is expected one interval after this one
+        began, or at the first interval after it ended, as the scheduler skips a run that
+        would overlap. A lower priority takes a slot only if the slot after it is free again
+        by then: at a fast upstream the details take nothing while the list pages, at a slow
+        one they take the slots that fit inside each page's round trip. They give up at most
+        one slot a page for it, and a slot and START_MARGIN before each poll: little when the
+        list is polled minutes apart.
+        One list poll at a time: the scheduler never runs a job beside itself.
+        """
+        with self._condition:
+            started = self._clock()
+            self._listing, self._poll_rtt = True, None
+        try:
+            yield
+        finally:
+            with self._condition:
+                now = self._clock()
+                self._listing = False
+                self._pages_out.clear()
+                if self._poll_rtt is not None:
+                    self._page_rtt = self._poll_rtt
+                self._next_poll = started + every * max(1, math.ceil((now - started) / every))
+                self._condition.notify_all()  # the hold is another one now
+
+    def _list_asks(self) -> None:
+        """A list request comes for a slot: its priority holds the others back now, not a forecast."""
+        self._next_poll = None
+        granted = self._pages_out.pop(threading.get_ident(), None)
+        if granted is not None:
+            rtt = self._clock() - granted
+            self._poll_rtt = rtt if self._poll_rtt is None else min(self._poll_rtt, rtt)
+
+    def _held_until(self, now: float) -> float:
+        """0.0 if a lower priority may take the slot at `now`; else until when the list poll holds it back."""
+        dues = [] if self._next_poll is None else [self._next_poll - START_MARGIN]
+        known = [rtt for rtt in (self._page_rtt, self._poll_rtt) if rtt is not None]
+        if known:
+            dues += [granted + min(known) - PAGE_MARGIN for granted in self._pages_out.values()]
+        after = self._after(now)
+        return max((due + HOLD_LATE for due in dues if after > due and now < due + HOLD_LATE), default=0.0)
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: halve the rate and give no slot before Retry-After has passed."""

@@ -11,8 +11,10 @@ import pytest
 from exporter.budget import (
     AUDIT,
     DETAILS,
+    HOLD_LATE,
     LIST,
     MIN_RATE_SHARE,
+    START_MARGIN,
     BudgetCancelled,
     RequestBudget,
 )
@@ -169,3 +171,85 @@ def test_a_lull_saves_no_burst():
     # The first after the lull is at once; the next four are spaced as ever.
     assert times[0] == 1000.5
     assert all(b - a >= 0.96 / 20 for a, b in zip(times, times[1:], strict=False))
+
+
+def slow_page(budget: RequestBudget, clock: Clock, rtt: float) -> float:
+    """One list page at a slow upstream: its slot, then the clock moves to its return; the slot's time."""
+    granted = first_slot(budget, clock, LIST)
+    clock.now = granted + rtt
+    return granted
+
+
+def test_at_a_slow_upstream_the_details_take_only_the_slots_that_fit_inside_a_page():
+    clock = Clock()
+    budget = RequestBudget(20, clock=clock)
+    rtt = 215 * TICK  # 210 ms: four slots and a little
+    with budget.listing(10):
+        slow_page(budget, clock, rtt)  # the first page teaches the budget the round trip
+        for _ in range(5):
+            page = first_slot(budget, clock, LIST)
+            assert page == clock.now  # the page, back, finds its slot free: it never waits
+            details = []
+            while (granted := first_slot(budget, clock, DETAILS, until=page + rtt - TICK)) is not None:
+                details.append(granted)
+                clock.now += TICK
+            # Three slots fit before the page is back (the fourth would hold the slot it needs).
+            assert len(details) == 3 and details[-1] + 1 / 20 <= page + rtt
+            clock.now = page + rtt
+
+
+def test_at_a_fast_upstream_a_page_read_slowly_still_finds_its_slot_free():
+    clock = Clock()
+    budget = RequestBudget(20, clock=clock)
+    with budget.listing(10):
+        for _ in range(3):
+            first_slot(budget, clock, LIST)
+            clock.now += 5 * TICK  # back and read in five milliseconds
+        page = first_slot(budget, clock, LIST)
+        # This one takes 60 ms to read: the details asking at its next slot are held back...
+        clock.now = page + 1 / 20
+        assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is False
+        clock.now = page + 60 * TICK
+        assert budget.acquire(LIST, NEVER, deadline=clock.now) is True  # ...and it goes at once
+        # A page that does not come back at all holds them back no longer than HOLD_LATE.
+        assert first_slot(budget, clock, DETAILS) <= clock.now + HOLD_LATE + 5 * TICK
+
+
+def test_the_slot_before_the_next_list_poll_is_left_free():
+    clock = Clock()
+    budget = RequestBudget(20, clock=clock)
+    started = clock.now
+    with budget.listing(10):
+        first_slot(budget, clock, LIST)
+    details = []
+    while (granted := first_slot(budget, clock, DETAILS, until=started + 10)) is not None:
+        details.append(granted)
+        clock.now += TICK
+    # The details went on until the slot before the poll: its first page finds its slot free.
+    assert started + 10 - START_MARGIN - 2 / 20 <= details[-1] <= started + 10 - START_MARGIN - 1 / 20
+    assert budget.acquire(LIST, NEVER, deadline=clock.now) is True
+    assert clock.now == started + 10 + TICK
+
+
+def test_a_list_poll_that_does_not_come_holds_the_details_back_no_longer_than_hold_late():
+    clock = Clock()
+    budget = RequestBudget(20, clock=clock)
+    started = clock.now
+    with budget.listing(10):
+        first_slot(budget, clock, LIST)
+    clock.now = started + 10 - START_MARGIN - 1 / 20  # the details' last slot before the poll
+    first_slot(budget, clock, DETAILS)
+    assert first_slot(budget, clock, DETAILS) == pytest.approx(started + 10 - START_MARGIN + HOLD_LATE, abs=TICK)
+
+
+def test_a_list_poll_longer_than_its_interval_expects_the_next_at_the_interval_after_it():
+    clock = Clock()
+    budget = RequestBudget(20, clock=clock)
+    started = clock.now
+    with budget.listing(10):
+        first_slot(budget, clock, LIST)
+        clock.now += 12  # the scheduler skips the run at 10 s: it would overlap this one
+    # The details are not held back now, but before 20 s.
+    assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is True
+    clock.now = started + 20 - START_MARGIN - 1 / 20 + 4 * TICK  # the slot after it would be too late
+    assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is False
