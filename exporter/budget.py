@@ -7,7 +7,8 @@ same delay: while that delay varies by less than a slot, it counts at most one m
 second, rate + 1 at worst.
 
 Waiters are served by priority: the project list, then a refresh an audit event asked for,
-then the details. A list poll also declares itself (`listing`), so that the others leave it
+then the details; within a priority, in the order they became ready, and each slot wakes only
+the waiter whose turn it is. A list poll also declares itself (`listing`), so that the others leave it
 the slots it is about to need rather than only those it waits for: while one of its pages is
 in flight, and before its next poll is due, a lower priority takes a slot only if the slot
 after it is free again by the time the list asks. The list poll then takes no longer with the
@@ -21,12 +22,15 @@ at typical rates, and one that goes on keeps the exporter at the rate it can sus
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 LIST = 0  # the project list: never waits behind details
 AUDIT = 1  # a refresh an audit event asked for
@@ -43,6 +47,13 @@ START_MARGIN = 0.05
 # A list request this late is not waited for any longer (a slow page, a skipped poll): when
 # it comes, it waits one slot at most, as it would without the forecast.
 HOLD_LATE = 0.5
+
+
+class _Waiter(NamedTuple):
+    priority: int
+    ready: float  # since when it may go: when it came, or when its backoff ends
+    arrival: int  # unique: waiters never compare by `turn`
+    turn: threading.Condition  # notified when it becomes first in line
 
 
 class BudgetCancelled(Exception):
@@ -70,8 +81,9 @@ class RequestBudget:
         self.on_rate_change = on_rate_change
         self._next_slot = 0.0  # the earliest time the next slot may be given
         self._recent: deque[float] = deque(maxlen=per_second(rate))  # the last slots' times
-        self._waiting = [0, 0, 0]  # waiters by priority
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter] = []  # the waiters, in the order they are served
+        self._arrivals = itertools.count()
         self.granted = 0
         self._listing = False
         self._next_poll: float | None = None  # when the next list poll is expected to ask
@@ -88,32 +100,40 @@ class RequestBudget:
         list poll waiting to retry then still holds back the details waiting behind it.
         BudgetCancelled when `stop` is set: the daemon is stopping.
         """
-        with self._condition:
+        with self._lock:
             if priority == LIST:
                 self._list_asks()
-            self._waiting[priority] += 1
+            # Served in order of priority, then of readiness: a retry takes its place when its
+            # backoff is over, so it neither holds back the details behind it nor waits for ever.
+            ready = max(not_before, self._clock())
+            me = _Waiter(priority, ready, next(self._arrivals), threading.Condition(self._lock))
+            bisect.insort(self._queue, me)
             try:
                 while True:
                     if stop.is_set():
                         raise BudgetCancelled()
                     now = self._clock()
-                    ahead = any(self._waiting[:priority])
-                    wake = now + 0.5 if ahead else self._ready(not_before)
-                    if not ahead and now >= wake:
+                    # Only the first in line waits for the slot; the others wait to be first, so
+                    # a slot wakes one thread rather than all of them, the list's included.
+                    first = self._queue[0] is me
+                    wake = self._ready(not_before) if first else now + 0.5
+                    if first and now >= wake:
                         wake = 0.0 if priority == LIST else self._held_until(now)
                         if not wake:
                             self._grant(priority, now)
-                            self._condition.notify_all()  # the next waiter computes its own wait
                             return True
                     if deadline is not None and now >= deadline:
                         return False
                     wait = wake - now if deadline is None else min(wake, deadline) - now
-                    # Bounded: a stop or a higher-priority waiter leaving wakes us by notify, but
-                    # a fake clock in tests moves without one.
-                    self._condition.wait(min(wait, 0.5) if wait > 0 else 0.001)
+                    # Bounded: a stop does not notify, and a fake clock in tests moves without one.
+                    me.turn.wait(min(wait, 0.5) if wait > 0 else 0.001)
             finally:
-                self._waiting[priority] -= 1
-                self._condition.notify_all()  # lower priorities may go now
+                self._queue.remove(me)
+                self._wake_first()  # the next in line computes its own wait
+
+    def _wake_first(self) -> None:
+        if self._queue:
+            self._queue[0].turn.notify()
 
     def _ready(self, not_before: float) -> float:
         """The earliest time a slot may be given: spaced from the last, within the second's share, after a backoff."""
@@ -152,20 +172,20 @@ class RequestBudget:
         list is polled minutes apart.
         One list poll at a time: the scheduler never runs a job beside itself.
         """
-        with self._condition:
+        with self._lock:
             started = self._clock()
             self._listing, self._poll_rtt = True, None
         try:
             yield
         finally:
-            with self._condition:
+            with self._lock:
                 now = self._clock()
                 self._listing = False
                 self._pages_out.clear()
                 if self._poll_rtt is not None:
                     self._page_rtt = self._poll_rtt
                 self._next_poll = started + every * max(1, math.ceil((now - started) / every))
-                self._condition.notify_all()  # the hold is another one now
+                self._wake_first()  # the hold is another one now
 
     def _list_asks(self) -> None:
         """A list request comes for a slot: its priority holds the others back now, not a forecast."""
@@ -186,7 +206,7 @@ class RequestBudget:
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: halve the rate and give no slot before Retry-After has passed."""
-        with self._condition:
+        with self._lock:
             self._set_rate(max(self.configured * MIN_RATE_SHARE, self.rate / 2))
             if retry_after:
                 self._next_slot = max(self._next_slot, self._clock() + retry_after)
@@ -197,7 +217,7 @@ class RequestBudget:
         """A response that was not a 429: win back part of the rate a storm took."""
         if self.rate >= self.configured:
             return
-        with self._condition:
+        with self._lock:
             self._set_rate(min(self.configured, self.rate + self.configured * RECOVERY_SHARE))
             rate = self.rate
         self.on_rate_change(rate)

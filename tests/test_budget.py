@@ -253,3 +253,43 @@ def test_a_list_poll_longer_than_its_interval_expects_the_next_at_the_interval_a
     assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is True
     clock.now = started + 20 - START_MARGIN - 1 / 20 + 4 * TICK  # the slot after it would be too late
     assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is False
+
+
+def test_a_slot_wakes_the_next_waiter_only():
+    # Eight workers waiting for slots: each slot wakes the one whose turn it is, not all of them
+    # (a thundering herd costs CPU, and delays the list's request just after its slot).
+    calls = [0]
+
+    def counting_clock() -> float:
+        calls[0] += 1
+        return time.monotonic()
+
+    budget = RequestBudget(100, clock=counting_clock)
+    threads = [threading.Thread(target=lambda: [budget.acquire(DETAILS, NEVER) for _ in range(10)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert budget.granted == 80
+    # One look on arrival, one on becoming first, one at the slot, and some to spare for timers
+    # and the waits bounded at half a second: about four. Waking them all took about eight.
+    assert calls[0] < 6 * 80
+
+
+def test_a_detail_waiting_out_its_backoff_does_not_hold_back_those_ready_before_it():
+    arrived = threading.Event()
+
+    class SignallingClock(Clock):
+        def __call__(self) -> float:
+            arrived.set()
+            return self.now
+
+    clock = SignallingClock()
+    budget = RequestBudget(20, clock=clock)
+    stop = threading.Event()
+    retry = threading.Thread(target=lambda: pytest.raises(BudgetCancelled, budget.acquire, DETAILS, stop, None, 1005.0))
+    retry.start()
+    arrived.wait(5)  # it looked at the clock holding the lock: it is in line once we get the lock
+    assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is True
+    stop.set()
+    retry.join(5)
