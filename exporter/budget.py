@@ -11,8 +11,8 @@ then the details; within a priority, in the order they became ready, and each sl
 the waiter whose turn it is. A list poll also declares itself (`listing`), so that the others leave it
 the slots it is about to need rather than only those it waits for: while one of its pages is
 in flight, and before its next poll is due, a lower priority takes a slot only if the slot
-after it is free again by the time the list asks. The list poll then takes no longer with the
-details running than without them.
+after it is free again by the time the list asks. The list poll then waits for no slot the
+details took.
 
 A 429 anywhere slows everyone: the rate halves (down to MIN_RATE_SHARE of the configured
 one) and no slot is given before its Retry-After has passed. Each success then wins back
