@@ -202,11 +202,13 @@ class Organization:
                 return
             self._polling = True
         try:
-            if self.config.alias is None:
-                self.poller.poll()
-            else:
-                with structlog.contextvars.bound_contextvars(organization=self.config.alias):
+            # Declared to the budget, so that the details leave the list the slots it is about to need.
+            with self.budget.listing(self.config.poll_interval):
+                if self.config.alias is None:
                     self.poller.poll()
+                else:
+                    with structlog.contextvars.bound_contextvars(organization=self.config.alias):
+                        self.poller.poll()
         finally:
             with self._lock:
                 self._polling = False
