@@ -288,7 +288,7 @@ def test_a_bucket_that_came_back_unchanged_is_not_read_again(rig):
     first, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10)
     assert all(bucket.amounts for bucket in first)
     r.buckets.set_cost(14, "2")
-    again, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, {b.start: b.hashes for b in first})
+    again, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, {b.start: b.digest for b in first})
     assert [b.amounts is not None for b in again] == [False] * 14 + [True]  # only the one that changed
     [(_, labels, amount)] = again[-1].amounts  # and of it, only the result that changed
     assert (labels[0], amount, again[-1].gone) == ("proj_a", Decimal(2), 1)

@@ -33,11 +33,13 @@ class MonthToDate:
         self.totals: Part = {}  # final and parts together: the gauges
         self.complete = False  # whether the parts were read since the month began or was loaded
         self._summed: set[int] = set()  # buckets with two results of one series: never updated in part
+        self._labels: dict[Labels, Labels] = {}  # one tuple per series, shared by every bucket's share
 
     def read_from(self, month: int, window: int) -> int:
         """Where this poll's costs read must start: the window's start, or the first bucket not yet summed."""
         if month != self.month:
-            self.month, self.until, self.final, self.complete, self._summed = month, month, {}, False, set()
+            self.month, self.until, self.final, self.complete = month, month, {}, False
+            self._summed, self._labels = set(), {}
             self.parts = {bucket: part for bucket, part in self.parts.items() if bucket >= month}
             self._total()
         # Buckets that left the window are final: their last reading joins the month's sums.
@@ -60,7 +62,9 @@ class MonthToDate:
             return
         part: Part = {}
         count = 0
+        shared = self._labels
         for _family, labels, amount in amounts:
+            labels = shared.setdefault(labels, labels)
             part[labels] = part.get(labels, Decimal(0)) + amount
             count += 1
         self._move(self.parts.get(bucket, {}), -1)
@@ -85,7 +89,9 @@ class MonthToDate:
         series = {labels for _family, labels, _amount in fresh}
         if len(series) != len(fresh) or sum(1 for labels in series if labels in part) != gone:
             return False
+        shared = self._labels
         for _family, labels, amount in fresh:
+            labels = shared.setdefault(labels, labels)
             self.totals[labels] = self.totals.get(labels, Decimal(0)) + amount - part.get(labels, Decimal(0))
             part[labels] = amount
         self.parts[bucket] = part

@@ -30,8 +30,8 @@ from exporter.details.health import CollectorHealth
 from exporter.exposition import Part
 from exporter.priority import lower_thread_priority
 from exporter.spend.feeds import VECTOR_BYTES, Feed
-from exporter.spend.fetch import Bucket, Sizing, amounts_of, fetch_window
-from exporter.spend.ledger import Ledger, Reading
+from exporter.spend.fetch import Bucket, Digest, Sizing, amounts_of, fetch_window
+from exporter.spend.ledger import Ledger
 from exporter.spend.month import MonthToDate
 from exporter.spend.render import SpendRenderer
 from exporter.upstream import ApiClient, PollCancelled, PollError
@@ -88,7 +88,7 @@ class SpendPoller:
         self._lock = threading.Lock()
         self.ledgers: dict[str, Ledger] = {feed.endpoint: Ledger() for feed in self.feeds}
         self._months = MonthToDate()  # (project, line item, currency) -> this month's cost
-        self._digests: dict[str, dict[int, list[int]]] = {}  # per feed and bucket, the last poll's result hashes
+        self._digests: dict[str, dict[int, Digest]] = {}  # per feed and bucket, the last poll's hashes
         first = int(lookback // DAY) + 1  # the window's buckets: a page every poll reads
         self._sizing = {feed.endpoint: Sizing(client.max_response_size, first) for feed in self.feeds}
         self._forgot: dict[str, int] = {}  # per feed, the window start its ledger last forgot before
@@ -180,7 +180,9 @@ class SpendPoller:
                 return
             self._unsaved = False
         if self._unpublished:  # a poll that moved nothing publishes nothing: the last part stands
-            self._publish(self.compose())
+            with paused_collector():
+                part = self.compose()
+            self._publish(part)
             self._unpublished = False
 
     # -- a poll's steps, one feed at a time (also timed one by one by bench/spend.py) -------------
@@ -229,7 +231,7 @@ class SpendPoller:
             self._unsaved = self._unpublished = True
             for family, labels, amount in bucket.amounts:
                 if family != VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
-                    readings.append(Reading(bucket.start, (family, *labels), "", amount))
+                    readings.append((bucket.start, (family, *labels), "", amount))
             if costs and bucket.start >= month.month:
                 if bucket.whole:
                     month.replace(bucket.start, bucket.amounts)
@@ -242,7 +244,7 @@ class SpendPoller:
             amounts = newest.amounts if newest.whole else amounts_of(newest.results, feed)
             self._vector_bytes = {labels: amount for family, labels, amount in amounts}
         # Only the window's buckets are read again: a month's older ones are final.
-        self._digests[feed.endpoint] = {bucket.start: bucket.hashes for bucket in buckets if bucket.start >= window}
+        self._digests[feed.endpoint] = {bucket.start: bucket.digest for bucket in buckets if bucket.start >= window}
         outcome = ledger.record(readings, baseline=not ledger.started)
         if self._forgot.get(feed.endpoint) != window:  # marks leave the window once a day, not at each poll
             ledger.forget_before(window)
