@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
 
 from exporter import redaction
 from exporter.collectors.base import sample
@@ -57,8 +56,10 @@ def _headers(family: Family) -> tuple[bytes, bytes]:
 class _Rendered:
     """One family as last rendered: each series' value and line, and the body they make.
 
-    A series' slot is [value, `name{labels} ` prefix, its place in `lines`]: one look-up per
-    series that moved, and the body is one join of `lines`, kept in the series' sorted order.
+    A series has a place in `values` and `lines`, kept in the series' sorted order, so the
+    body is one join; its `name{labels} ` prefix is the line up to its last space (a value has
+    none). Two lists and an index: at hundreds of thousands of series, an object per series
+    would cost more than the lines.
     """
 
     def __init__(self, family: Family):
@@ -66,34 +67,37 @@ class _Rendered:
         text, bare = _headers(family)
         self.header = Piece.of(text)
         self.bare = Piece.of(bare) if bare != text else None
-        self.slots: dict[Labels, list[Any]] = {}
+        self.index: dict[Labels, int] = {}
+        self.values: list[Decimal] = []
         self.lines: list[bytes] = []
-        self.sorted = True  # whether `lines` is in the series' order
+        self.sorted = True  # whether the places follow the series' order
         self.body: Piece | None = Piece(b"", b"")  # None: to join and deflate again
 
     def set(self, labels: Labels, value: Decimal) -> None:
-        slot = self.slots.get(labels)
-        if slot is None:
+        place = self.index.get(labels)
+        if place is None:
             line = sample(self.family.name, dict(zip(self.family.labels, labels, strict=True)), "")
             # Label values are upstream's text: one that quotes the admin key must not publish it.
-            slot = self.slots[labels] = [None, scrub_bytes(line[:-1].encode()), len(self.lines)]
-            self.lines.append(b"")
-            self.sorted = False
-        elif slot[0] == value:
+            prefix = scrub_bytes(line[:-1].encode())
+            self.index[labels] = len(self.lines)
+            self.values.append(value)
+            self.lines.append(prefix + amount_text(value).encode() + b"\n")
+            self.sorted, self.body = False, None
             return
-        slot[0] = value
-        self.lines[slot[2]] = slot[1] + amount_text(value).encode() + b"\n"
+        if self.values[place] == value:
+            return
+        old = self.lines[place]
+        self.values[place] = value
+        self.lines[place] = old[: old.rindex(b" ") + 1] + amount_text(value).encode() + b"\n"
         self.body = None
 
     def replace(self, values: Mapping[Labels, Decimal]) -> None:
         """A gauge family's values, whole: series not among them are gone."""
-        gone = [labels for labels in self.slots if labels not in values]
-        if gone:
-            for labels in gone:
-                del self.slots[labels]
-            self.lines = [slot[1] + amount_text(slot[0]).encode() + b"\n" for slot in self.slots.values()]
-            for place, slot in enumerate(self.slots.values()):
-                slot[2] = place
+        if any(labels not in values for labels in self.index):
+            kept = [(labels, place) for labels, place in self.index.items() if labels in values]
+            self.values = [self.values[place] for _, place in kept]
+            self.lines = [self.lines[place] for _, place in kept]
+            self.index = {labels: place for place, (labels, _) in enumerate(kept)}
             self.sorted, self.body = False, None
         for labels, value in values.items():
             self.set(labels, value)
@@ -101,10 +105,11 @@ class _Rendered:
     def pieces(self) -> Piece:
         if self.body is None or not self.sorted:
             if not self.sorted:  # new series: every line to its sorted place
-                order = sorted(self.slots)
-                self.lines = [self.lines[self.slots[labels][2]] for labels in order]
-                for place, labels in enumerate(order):
-                    self.slots[labels][2] = place
+                order = sorted(self.index)
+                places = [self.index[labels] for labels in order]
+                self.values = [self.values[place] for place in places]
+                self.lines = [self.lines[place] for place in places]
+                self.index = {labels: place for place, labels in enumerate(order)}
                 self.sorted = True
             raw = b"".join(self.lines)
             self.body = Piece(raw, deflate(raw))
@@ -152,7 +157,7 @@ class SpendRenderer:
         deflated: list[Buffer] = []
         openmetrics: dict[int, Piece] = {}
         for rendered in self._families.values():
-            if not rendered.slots:
+            if not rendered.index:
                 continue
             if rendered.bare is not None:
                 openmetrics[len(raw)] = rendered.bare
