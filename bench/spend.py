@@ -196,15 +196,33 @@ def _control(base_url: str, path: str):
 # -- the poll, in this process --------------------------------------------------------------------
 
 
-def windows(now: float, lookback: float) -> list[tuple[str, str, int, int]]:
-    """(endpoint, path, window start, buckets) of each feed, as SpendPoller.poll computes its windows."""
+def windows(now: float, lookback: float, month_read: bool = False) -> list[tuple[str, str, int, int]]:
+    """(endpoint, path, window start, buckets) of each feed, as SpendPoller.poll computes its windows.
+
+    Every feed from the look-back window's start; with `month_read`, costs from the first of
+    the month as well, as the first poll after a start without a saved month reads them.
+    """
     day = int(now) // DAY * DAY
     window = day - int(lookback // DAY) * DAY
     found = []
     for feed in FEEDS:
-        start = min(window, month_start(now)) if feed.endpoint == "costs" else window
+        start = min(window, month_start(now)) if feed.endpoint == "costs" and month_read else window
         found.append((feed.endpoint, feed.path, start, (day - start) // DAY + 1))
     return found
+
+
+def plan(logged: list[dict]) -> list[tuple[str, str, int, list[int]]]:
+    """(endpoint, path, start, the limit of each page) of each feed, from the requests the upstream logged.
+
+    What the read-only client asks, so that it reads exactly the pages the poll read.
+    """
+    by_path = {feed.path: feed for feed in FEEDS}
+    found: dict[str, tuple[str, str, int, list[int]]] = {}
+    for r in logged:
+        if not r["page"]:
+            found[r["path"]] = (by_path[r["path"]].endpoint, r["path"], int(r["start_time"]), [])
+        found[r["path"]][3].append(int(r["limit"]))
+    return list(found.values())
 
 
 def most_per_page(endpoint: str) -> int:
@@ -346,11 +364,13 @@ class ReadOnlyClient:
             trust_env=False,
         )
 
-    def pages(self, feed, start: int, parse: bool) -> tuple[list[bytes], int]:
-        """The bodies of a feed's window, page by page, and the buckets they hold (parsed only, else 0)."""
+    def pages(self, feed, start: int, parse: bool, limits: list[int]) -> tuple[list[bytes], int]:
+        """The bodies of a feed's window, page by page, each page of the limit the poll asked, and the
+        buckets they hold (parsed only, else 0)."""
         bodies, page, buckets = [], None, 0
         while True:
-            params: list[tuple[str, str | int]] = [("start_time", start), ("bucket_width", "1d"), ("limit", feed.limit)]
+            limit = limits[min(len(bodies), len(limits) - 1)]
+            params: list[tuple[str, str | int]] = [("start_time", start), ("bucket_width", "1d"), ("limit", limit)]
             params += [("group_by[]", field) for field in feed.group_by]
             if page is not None:
                 params.append(("page", page))
@@ -371,13 +391,13 @@ class ReadOnlyClient:
             if not more:
                 return bodies, buckets
 
-    def walk(self, feeds: list[tuple[str, str, int, int]], parse: bool) -> dict:
+    def walk(self, feeds: list[tuple[str, str, int, list[int]]], parse: bool) -> dict:
         by_path = {feed.path: feed for feed in FEEDS}
         found = {"requests": 0, "bytes": 0, "buckets": {}, "bytes_by_feed": {}}
 
         def work():
-            for endpoint, path, start, _ in feeds:
-                bodies, buckets = self.pages(by_path[path], start, parse)
+            for endpoint, path, start, limits in feeds:
+                bodies, buckets = self.pages(by_path[path], start, parse, limits)
                 found["requests"] += len(bodies)
                 found["bytes"] += sum(map(len, bodies))
                 found["bytes_by_feed"][endpoint] = sum(map(len, bodies))
@@ -391,7 +411,7 @@ class ReadOnlyClient:
         self.client.close()
 
 
-def read_only(base_url: str, feeds: list[tuple[str, str, int, int]], parse: bool) -> dict:
+def read_only(base_url: str, feeds: list[tuple[str, str, int, list[int]]], parse: bool) -> dict:
     """One walk of the read-only client in a process of its own (bench/spend.py --read-only).
 
     Its own process, as the exporter is: a client in this one would pay for the collector's
@@ -405,7 +425,7 @@ def read_only_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="the read-only client of bench/spend.py")
     parser.add_argument("--read-only", action="store_true")
     parser.add_argument("--base-url", required=True)
-    parser.add_argument("--windows", required=True, help="JSON: [[endpoint, path, start, buckets], ...]")
+    parser.add_argument("--windows", required=True, help="JSON: [[endpoint, path, start, [limit, ...]], ...]")
     parser.add_argument("--parse", action="store_true")
     args = parser.parse_args(argv)
     client = ReadOnlyClient(args.base_url)
@@ -422,14 +442,38 @@ def read_only_main(argv: list[str]) -> int:
 
 
 def request_count(base_url: str, now: float, lookback: float, max_response_size: int, rate: float) -> dict:
-    """One cold poll's requests per feed, as the upstream logged them, against the page-limit bound."""
+    """A poll's requests per feed, as the upstream logged them, against the page-limit bound.
+
+    The poll after the first: the first also reads the month's costs from its first day
+    (reported apart, with the largest page it read, found by reading its pages again).
+    """
     _control(base_url, "/bench/requests")  # empty the log
     poller = InProcessPoller(base_url, now, lookback, max_response_size, rate)
     try:
+        first = poller.poll()
+        first_logged = _control(base_url, "/bench/requests")
         outcome = poller.poll()
+        logged = _control(base_url, "/bench/requests")
     finally:
         poller.close()
-    logged = _control(base_url, "/bench/requests")
+    costs = next(feed for feed in FEEDS if feed.endpoint == "costs")
+    [(_, _, month_from, month_limits)] = [p for p in plan(first_logged) if p[1] == costs.path] or [(0, 0, 0, [1])]
+    client = ReadOnlyClient(base_url)
+    try:
+        month_pages, _ = client.pages(costs, month_from, False, month_limits) if month_from else ([], 0)
+    finally:
+        client.close()
+    month_buckets = (int(now) // DAY * DAY - month_from) // DAY + 1 if month_from else 0
+    month_read = {
+        "poll": first,
+        "from": datetime.fromtimestamp(month_from, UTC).date().isoformat() if month_from else None,
+        "buckets": month_buckets,
+        "requests": len(month_limits) if month_from else 0,
+        "limits": month_limits,
+        "bound": math.ceil(month_buckets / most_per_page("costs")),
+        "largest_page_mb": max(map(len, month_pages), default=0) / 1e6,
+        "all_requests": len(first_logged),
+    }
     asked = Counter(r["path"] for r in logged)
     starts = {r["path"]: int(r["start_time"]) for r in logged if not r["page"]}
     limits = {r["path"]: int(r["limit"]) for r in logged}
@@ -456,6 +500,7 @@ def request_count(base_url: str, now: float, lookback: float, max_response_size:
         "requests": sum(f["requests"] for f in feeds),
         "bound": sum(f["bound"] for f in feeds),
         "equal": all(f["requests"] == f["bound"] for f in feeds),
+        "month_read": month_read,
     }
 
 
@@ -480,31 +525,30 @@ def _profile_summary(profile: cProfile.Profile, top: int = 20) -> list[dict]:
 ANATOMY = (
     "HTTP: request and read the body",
     "JSON parse (orjson.loads)",
-    "digests and amounts (the rest of fetch_window)",
-    "count: ledgers, month sums (SpendPoller._count)",
-    "render (SpendPoller._compose)",
+    "result hashes and new results' amounts (the rest of SpendPoller.fetch)",
+    "count: ledgers, month sums (SpendPoller.count)",
+    "render (SpendPoller.compose)",
     "garbage collector, in all of these",
 )
 
 
-def anatomy(poller: InProcessPoller, client: ReadOnlyClient, lookback: float) -> dict:
+def anatomy(poller: InProcessPoller, client: ReadOnlyClient, base_url: str) -> dict:
     """One poll's steps done by hand, as SpendPoller.poll does them, each timed without a profiler.
 
-    Per feed: the read-only client's request and read of the pages, orjson.loads of the same
-    bodies, the exporter's own fetch_window (request, read, parse, then digests and amounts:
-    what it takes beyond the first two), SpendPoller._count; then _compose. Each step's CPU
-    is counted without the garbage collector's, which has a row of its own (that of
-    fetch_window, _count and _compose: the first two steps are done again by fetch_window). The
-    poller's state moves on as in a poll. Process CPU in one thread; the exporter's private
-    methods are called as poll() calls them.
+    Per feed, through the poller's public steps: SpendPoller.fetch (request, read, parse, then
+    the result hashes and the amounts of the new results: what it takes beyond the next two),
+    the read-only client's request and read of the same pages (the limits the upstream logged),
+    orjson.loads of the same bodies, SpendPoller.count; then SpendPoller.compose. The fetch and
+    the count run with the collector paused, as in a poll. Each step's CPU is counted without
+    the garbage collector's, which has a row of its own (that of fetch, count and compose: the
+    client's steps are done again by fetch). The poller's state moves on as in a poll. Process
+    CPU in one thread.
     """
-    from exporter.spend.fetch import fetch_window
+    from exporter.spend.poller import paused_collector
 
     sp = poller.poller
     now = poller.now
-    day = int(now) // DAY * DAY
-    window, month = day - int(lookback // DAY) * DAY, month_start(now)
-    known = getattr(sp, "_digests", None)
+    by_path = {feed.path: feed for feed in FEEDS}
     read, parse, fetched, count, render, collected = ANATOMY
     spent = dict.fromkeys(ANATOMY, 0.0)
     collector = GcTime()
@@ -522,21 +566,21 @@ def anatomy(poller: InProcessPoller, client: ReadOnlyClient, lookback: float) ->
 
     def work():
         for feed in FEEDS:
-            start = min(window, month) if feed.endpoint == "costs" else window
-            cpu_read, _, (bodies, _) = timed(client.pages, feed, start, False)
+            start = sp.start_of(feed, now)
+            _control(base_url, "/bench/requests")  # empty the log
+            with paused_collector():
+                cpu_fetch, gc_fetch, (buckets, _) = timed(sp.fetch, feed, start)
+            [(_, path, asked, limits)] = plan(_control(base_url, "/bench/requests"))
+            cpu_read, _, (bodies, _) = timed(client.pages, by_path[path], asked, False, limits)
             cpu_parse, _, _ = timed(parse_all, bodies)
-            extra = (known.get(feed.endpoint),) if known is not None else ()
-            deadline = time.monotonic() + 900
-            cpu_fetch, gc_fetch, (buckets, _) = timed(fetch_window, sp._client, feed, start, deadline, 10_000, *extra)
-            with sp._lock:
-                cpu_count, gc_count, _ = timed(sp._count, feed, buckets, window, month)
+            with paused_collector():
+                cpu_count, gc_count, _ = timed(sp.count, feed, buckets, start, now)
             spent[read] += cpu_read
             spent[parse] += cpu_parse
             spent[fetched] += cpu_fetch - cpu_read - cpu_parse
             spent[count] += cpu_count
             spent[collected] += gc_fetch + gc_count
-        with sp._lock:
-            cpu_render, gc_render, _ = timed(sp._compose)
+        cpu_render, gc_render, _ = timed(sp.compose)
         spent[render] += cpu_render
         spent[collected] += gc_render
 
@@ -554,14 +598,15 @@ def cpu(base_url: str, now: float, args: argparse.Namespace, log) -> dict:
         cold = poller.poll()
         if cold["failures"]:
             raise BenchError(f"the cold poll failed: {cold['failures']}")
-        plan = ["growing"] * args.warm_polls + ["still"] * args.still_polls
-        for k, kind in enumerate(plan):
+        kinds = ["growing"] * args.warm_polls + ["still"] * args.still_polls
+        for k, kind in enumerate(kinds):
             if kind == "growing":
                 _advance(base_url, poller, args.advance)
+            _control(base_url, "/bench/requests")  # empty the log
             polled = poller.poll()
             if polled["failures"]:
                 raise BenchError(f"a warm poll failed: {polled['failures']}")
-            feeds = windows(poller.now, args.lookback)
+            feeds = plan(_control(base_url, "/bench/requests"))  # the pages the poll read, no other
             order = (False, True) if k % 2 == 0 else (True, False)
             read = {parse: read_only(base_url, feeds, parse) for parse in order}
             rounds.append({"kind": kind, "poll": polled, "bytes_only": read[False], "parsed": read[True]})
@@ -573,7 +618,7 @@ def cpu(base_url: str, now: float, args: argparse.Namespace, log) -> dict:
         for kind in ("growing", "still"):
             if kind == "growing":
                 _advance(base_url, poller, args.advance)
-            steps[kind] = anatomy(poller, client, args.lookback)
+            steps[kind] = anatomy(poller, client, base_url)
         _advance(base_url, poller, args.advance)
         profile = cProfile.Profile(time.thread_time)  # CPU of the poll's thread, not the wait for the upstream
         profiled = poller.poll(profile)
@@ -783,12 +828,22 @@ def targets(results: dict) -> list[dict]:
                 "usage windows over several pages",
             )
         d = results["requests_default_bound"]
+        failures = d["poll"]["failures"] + d["month_read"]["poll"]["failures"]
         add(
-            "every feed read with the default --api.max-response-size",
+            "every feed read with the default --api.max-response-size, the month's first read included",
             f"costs up={d['poll']['up']['costs']:g}, usage up={d['poll']['up']['usage']:g}",
             "up=1",
-            not d["poll"]["failures"],
-            "; ".join(f"{f['endpoint']}: {f['message']}" for f in d["poll"]["failures"]) or "no failure",
+            not failures,
+            "; ".join(f"{f['endpoint']}: {f['message']}" for f in failures) or "no failure",
+        )
+        m = d["month_read"]
+        add(
+            "the month's first read, default --api.max-response-size: largest page",
+            f"{m['largest_page_mb']:.2f} MB",
+            f"≤ {d['max_response_size'] / 1e6:.2f} MB",
+            m["largest_page_mb"] * 1e6 <= d["max_response_size"],
+            f"costs from {m['from']}, {m['buckets']} buckets in {m['requests']} requests (limits {m['limits']}; "
+            f"bound {m['bound']} at the contract's most per page); {m['all_requests']} requests in that poll",
         )
     if "cpu" in results:
         for kind, f in results["cpu"]["figures"].items():
@@ -862,6 +917,12 @@ def render(results: dict) -> str:
                 ["feed", "window from", "daily buckets", "most per page", "limit asked", "bound", "requests", "equal"],
                 rows,
             )
+        )
+        m = r["month_read"]
+        out.append(
+            f"\nThe first poll (no saved month): costs from {m['from']}, {m['buckets']} buckets in "
+            f"{m['requests']} requests, limits {m['limits']}, largest page {m['largest_page_mb']:.2f} MB; "
+            f"{m['all_requests']} requests in all."
         )
         if r["poll"]["failures"]:
             out.append(

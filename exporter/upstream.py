@@ -229,6 +229,11 @@ class ApiClient:
         self._random = random.Random()
         self._http = self._new_http()
 
+    @property
+    def max_response_size(self) -> int:
+        """The most bytes a response may hold (--api.max-response-size): paged readers size pages by it."""
+        return self._max_response_size
+
     def _new_http(self) -> httpx.Client:
         # No connection is opened before the first request, and never more than the poll's chains.
         return httpx.Client(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from decimal import Decimal
 
@@ -60,8 +61,9 @@ class Buckets:
         start = int(request.query["start_time"])
         days = sorted(b for b in self.results[endpoint] if b >= start)
         first = int(request.query.get("page", "0"))
-        chunk = days[first : first + self.per_page]
-        more = first + self.per_page < len(days)
+        per_page = min(self.per_page, int(request.query["limit"]))
+        chunk = days[first : first + per_page]
+        more = first + per_page < len(days)
         data = [
             {"object": "bucket", "start_time": b, "end_time": b + DAY, "results": self.results[endpoint][b]}
             for b in chunk
@@ -71,13 +73,13 @@ class Buckets:
                 "object": "page",
                 "data": data,
                 "has_more": more,
-                "next_page": str(first + self.per_page) if more else None,
+                "next_page": str(first + per_page) if more else None,
             }
         )
 
 
 class Rig:
-    def __init__(self, server, feeds=(COSTS, COMPLETIONS)):
+    def __init__(self, server, feeds=(COSTS, COMPLETIONS), max_response_size=16 << 20):
         self.server = server
         self.buckets = Buckets()
         server.fault = self.buckets
@@ -93,6 +95,7 @@ class Rig:
             stop=threading.Event(),
             budget=RequestBudget(500),
             priority=DETAILS,
+            max_response_size=max_response_size,
         )
         self.health = CollectorHealth(self.registry, [], ["costs", "usage"])
         self.poller = SpendPoller(
@@ -196,10 +199,11 @@ def test_a_revision_down_is_logged_and_counted_never_subtracted(rig):
 
 def test_a_failed_page_counts_nothing_of_the_window_and_fails_its_collector_alone(rig):
     r = rig()
-    for day in range(10, 15):
+    r.buckets.per_page = 1  # the window's three buckets on three pages
+    for day in range(12, 15):
         r.buckets.cost(day, "proj_a", "1")
     r.poller.poll()
-    for day in range(10, 15):
+    for day in range(12, 15):
         r.buckets.set_cost(day, "2")
     r.buckets.fault = lambda request: error(500, "broken") if "page" in request.query else None
     r.poller.poll()
@@ -209,7 +213,7 @@ def test_a_failed_page_counts_nothing_of_the_window_and_fails_its_collector_alon
     assert r.metric("openai_collector_up", collector="usage") == 1
     r.buckets.fault = None
     r.poller.poll()
-    assert r.value("openai_project_cost_total", **COST) == 5
+    assert r.value("openai_project_cost_total", **COST) == 3
     assert r.metric("openai_collector_up", collector="costs") == 1
 
 
@@ -242,10 +246,14 @@ def test_group_by_and_the_window_are_asked_for(rig):
     r = rig()
     r.buckets.cost(14, "proj_a", "1")
     r.poller.poll()
-    costs = [q for q in r.buckets.requests if "line_item" in str(q) or q.get("limit") == "180"]
-    assert costs and int(costs[0]["start_time"]) == month_start(NOW)  # the whole month, for its gauge
-    completions = [q for q in r.buckets.requests if q.get("limit") == "31"]
+    costs = [q for q in r.buckets.requests if "line_item" in str(q)]
+    assert costs and int(costs[0]["start_time"]) == month_start(NOW)  # the whole month, once, for its gauge
+    completions = [q for q in r.buckets.requests if "model" in str(q)]
     assert int(completions[0]["start_time"]) == NOW // DAY * DAY - 2 * DAY
+    r.buckets.requests.clear()
+    r.poller.poll()
+    costs = [q for q in r.buckets.requests if "line_item" in str(q)]
+    assert [int(q["start_time"]) for q in costs] == [NOW // DAY * DAY - 2 * DAY]  # then the window, as usage
 
 
 def test_counters_read_as_counters_in_both_formats(rig):
@@ -276,13 +284,166 @@ def test_a_bucket_that_came_back_unchanged_is_not_read_again(rig):
     r = rig(feeds=(COSTS,))
     for day in range(0, 15):
         r.buckets.cost(day, "proj_a", "1.5")
+        r.buckets.cost(day, "proj_b", "1")
     first, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10)
     assert all(bucket.amounts for bucket in first)
     r.buckets.set_cost(14, "2")
     again, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, {b.start: b.digest for b in first})
     assert [b.amounts is not None for b in again] == [False] * 14 + [True]  # only the one that changed
+    [(_, labels, amount)] = again[-1].amounts  # and of it, only the result that changed
+    assert (labels[0], amount, again[-1].gone) == ("proj_a", Decimal(2), 1)
     # And the month's sums follow the one bucket read again.
     r.poller.poll()
     r.buckets.set_cost(14, "2.5")
     r.poller.poll()
     assert r.value("openai_project_cost_month_to_date", **COST) == 14 * 1.5 + 2.5
+
+
+# -- the month's costs: its final buckets read once ------------------------------------------------
+
+
+def costs_starts(r: Rig) -> list[int]:
+    """The start_time of each costs window asked since the last call (first pages only)."""
+    starts = [int(q["start_time"]) for q in r.buckets.requests if "line_item" in str(q) and "page" not in q]
+    r.buckets.requests.clear()
+    return starts
+
+
+def month_to_date(r: Rig) -> str:
+    [line] = [x for x in r.text().splitlines() if x.startswith("openai_project_cost_month_to_date{")]
+    return line.rsplit(" ", 1)[1]
+
+
+def test_the_months_final_buckets_are_read_once_and_summed_to_the_cent(rig):
+    r = rig(feeds=(COSTS,))
+    amounts = {day: f"{day}.{day:02d}00000000000000000000000007" for day in range(15)}  # 28 decimals
+    for day, amount in amounts.items():
+        r.buckets.cost(day, "proj_a", amount)
+    r.poller.poll()
+    window = NOW // DAY * DAY - 2 * DAY
+    assert costs_starts(r) == [month_start(NOW)]
+    assert Decimal(month_to_date(r)) == sum(map(Decimal, amounts.values()))
+    for step in range(1, 4):  # three days on, a poll a day: each reads the window alone
+        r.now += DAY
+        r.buckets.cost(14 + step, "proj_a", "0.01")
+        amounts[14 + step] = "0.01"
+        r.buckets.set_cost(14 + step - 1, "1.005")  # yesterday grew before it settled
+        amounts[14 + step - 1] = "1.005"
+        r.poller.poll()
+        assert costs_starts(r) == [window + step * DAY]
+        assert Decimal(month_to_date(r)) == sum(map(Decimal, amounts.values()))
+    r.buckets.set_cost(3, "999")  # a final bucket is not read again: its sum stands
+    r.poller.poll()
+    assert costs_starts(r) == [window + 3 * DAY]
+    assert Decimal(month_to_date(r)) == sum(map(Decimal, amounts.values()))
+
+
+def test_a_new_month_starts_its_sums_again_from_the_window(rig):
+    r = rig(feeds=(COSTS,))
+    for day in range(15):
+        r.buckets.cost(day, "proj_a", "1")
+    r.poller.poll()
+    next_month = month_start(month_start(NOW) + 40 * DAY)
+    r.now = next_month + 3600  # the first of the next month, 01:00
+    days = (next_month - month_start(NOW)) // DAY
+    r.buckets.cost(days, "proj_a", "0.25")
+    costs_starts(r)
+    r.poller.poll()
+    assert costs_starts(r) == [next_month - 2 * DAY]  # the window, partly last month's
+    assert month_to_date(r) == "0.25"
+    r.now += 2 * DAY
+    r.buckets.cost(days + 2, "proj_a", "0.5")
+    r.poller.poll()
+    assert costs_starts(r) == [next_month]
+    assert month_to_date(r) == "0.75"
+
+
+def test_a_restart_with_the_saved_month_reads_only_what_it_has_not_summed(rig):
+    r = rig(feeds=(COSTS,))
+    for day in range(15):
+        r.buckets.cost(day, "proj_a", "1.1")
+    r.poller.poll()
+    r.now += DAY
+    r.buckets.cost(15, "proj_a", "2")
+    r.poller.poll()
+    saved = json.loads(json.dumps(r.poller.dump()))  # through the state file's JSON
+    assert "month_to_date" in saved
+    window = r.now // DAY * DAY - 2 * DAY
+    again = rig(feeds=(COSTS,))
+    again.buckets.results = r.buckets.results
+    again.now = r.now
+    again.poller.restore(saved)
+    assert "openai_project_cost_month_to_date" not in again.text()  # not before the window is read
+    again.poller.poll()
+    assert costs_starts(again) == [window]
+    assert Decimal(month_to_date(again)) == Decimal("1.1") * 15 + 2
+    assert again.value("openai_project_cost_total", **COST) == 2  # the 16th's, counted once
+    # Down for three days: the days it has not summed are read, and their growth counted.
+    later = rig(feeds=(COSTS,))
+    later.buckets.results = r.buckets.results
+    later.now = r.now + 3 * DAY
+    r.buckets.set_cost(15, "2.5")
+    for day in range(16, 19):
+        r.buckets.cost(day, "proj_a", "1")
+    later.poller.restore(saved)
+    later.poller.poll()
+    assert costs_starts(later) == [window]
+    assert Decimal(month_to_date(later)) == Decimal("1.1") * 15 + Decimal("2.5") + 3
+    assert later.value("openai_project_cost_total", **COST) == 5.5  # and 0.5 grown on the 16th, three new days
+
+
+def test_a_restart_without_the_saved_month_reads_the_month_again(rig):
+    r = rig(feeds=(COSTS,))
+    for day in range(15):
+        r.buckets.cost(day, "proj_a", "1")
+    r.poller.poll()
+    saved = r.poller.dump()
+    del saved["month_to_date"]  # a state file of an earlier version: the ledgers alone
+    again = rig(feeds=(COSTS,))
+    again.buckets.results = r.buckets.results
+    again.poller.restore(saved)
+    again.poller.poll()
+    assert costs_starts(again) == [month_start(NOW)]
+    assert month_to_date(again) == "15"
+    fresh = rig(feeds=(COSTS,))  # and with no state at all
+    fresh.buckets.results = r.buckets.results
+    fresh.poller.poll()
+    assert costs_starts(fresh) == [month_start(NOW)]
+    assert month_to_date(fresh) == "15"
+
+
+def test_the_months_first_read_pages_under_the_response_size_bound(rig):
+    bound = 64 << 10
+    r = rig(feeds=(COSTS,), max_response_size=bound)
+    r.buckets.per_page = 180
+    for day in range(15):
+        for project in range(60):  # about 8 KiB of results a day
+            r.buckets.cost(day, f"proj_{project:03d}", "1.25")
+    r.poller.poll()
+    assert r.metric("openai_collector_up", collector="costs") == 1
+    limits = [int(q["limit"]) for q in r.buckets.requests]
+    assert limits[0] == 3  # the look-back window's buckets, before any size is known
+    assert max(limits[1:]) <= bound // 2 // (8 << 10) and len(limits) == 1 + -(-12 // limits[1])
+    assert month_to_date_of(r, "proj_000") == "18.75"
+    costs_starts(r)
+    r.poller.poll()  # then the window, in one page
+    assert costs_starts(r) == [NOW // DAY * DAY - 2 * DAY] and len(r.buckets.requests) == 0
+
+
+def month_to_date_of(r: Rig, project: str) -> str:
+    labels = {"project_id": project, "line_item": "gpt-4o, input", "currency": "usd"}
+    value = r.value("openai_project_cost_month_to_date", **labels)
+    assert value is not None
+    return format(Decimal(str(value)).normalize(), "f")
+
+
+def test_a_poll_that_changes_nothing_publishes_and_saves_nothing(rig):
+    r = rig(feeds=(COSTS,))
+    r.buckets.cost(14, "proj_a", "1")
+    r.poller.poll()
+    published, saved = len(r.parts), r.saved
+    r.poller.poll()
+    assert (len(r.parts), r.saved) == (published, saved)
+    r.buckets.set_cost(14, "2")
+    r.poller.poll()
+    assert (len(r.parts), r.saved) == (published + 1, saved + 1)

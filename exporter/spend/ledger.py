@@ -60,8 +60,13 @@ class Ledger:
         self.marks: dict[tuple[int, Group, str], Decimal] = {}
         self.totals: dict[tuple[Group, str], Decimal] = {}
         self.started = False  # whether the marks hold a poll (or a saved state) yet
+        # Counters created or grown since take_moved(): all a renderer needs to format again.
+        self.moved: set[tuple[Group, str]] = set()
+        # One tuple per group, shared by its marks of every bucket and its counter: a parsed page's
+        # label strings are new objects at every poll, and a mark would otherwise keep its own.
+        self._groups: dict[Group, Group] = {}
 
-    def record(self, readings: Iterable[Reading], *, baseline: bool = False) -> Outcome:
+    def record(self, readings: Iterable[tuple[int, Group, str, Decimal]], *, baseline: bool = False) -> Outcome:
         """Count the growth of each reading over its mark; with `baseline`, only take the marks."""
         grown: dict[tuple[Group, str], Decimal] = {}
         revisions: list[Revision] = []
@@ -69,18 +74,28 @@ class Ledger:
             key = (bucket, group, measure)
             mark = self.marks.get(key)
             if mark is None:
+                group = self._groups.setdefault(group, group)
+                key = (bucket, group, measure)
                 mark = amount if baseline else Decimal(0)
                 self.marks[key] = mark
-                self.totals.setdefault((group, measure), Decimal(0))
+                if (group, measure) not in self.totals:
+                    self.totals[(group, measure)] = Decimal(0)
+                    self.moved.add((group, measure))
             if amount > mark:
                 self.marks[key] = amount
-                counter = (group, measure)
+                counter = (key[1], measure)
                 grown[counter] = grown.get(counter, Decimal(0)) + amount - mark
                 self.totals[counter] = self.totals.get(counter, Decimal(0)) + amount - mark
+                self.moved.add(counter)
             elif amount < mark:
                 revisions.append(Revision(bucket, group, measure, mark, amount))
         self.started = True
         return Outcome(grown, revisions)
+
+    def take_moved(self) -> set[tuple[Group, str]]:
+        """The counters created or grown since the last call."""
+        moved, self.moved = self.moved, set()
+        return moved
 
     def forget_before(self, start: int) -> None:
         """Buckets that began before `start` are out of the window: final, and never read again."""
@@ -104,10 +119,14 @@ class Ledger:
         marks, totals = data["marks"], data["totals"]
         if not isinstance(marks, list) or not isinstance(totals, list):
             raise TypeError("marks and totals must be lists")
+        shared = ledger._groups
         for bucket, group, measure, mark in marks:
-            ledger.marks[(int(bucket), _group(group), str(measure))] = _amount(mark)
+            labels = _group(group)
+            ledger.marks[(int(bucket), shared.setdefault(labels, labels), str(measure))] = _amount(mark)
         for group, measure, total in totals:
-            ledger.totals[(_group(group), str(measure))] = _amount(total)
+            labels = _group(group)
+            ledger.totals[(shared.setdefault(labels, labels), str(measure))] = _amount(total)
+        ledger.moved = set(ledger.totals)
         ledger.started = True
         return ledger
 

@@ -1,8 +1,10 @@
 """One poll of an organization's spend and usage: every feed's window, counted, then published.
 
-Each poll reads each feed's daily buckets from the start of the look-back window (costs
-also from the first of the UTC month, for the month-to-date gauges), through the
-organization's request budget behind the project list. Readings go to the feed's Ledger,
+Each poll reads each feed's daily buckets from the start of the look-back window, through
+the organization's request budget behind the project list. Costs are read from the first of
+the UTC month once (at start without a saved month, or after days without a poll), for the
+month-to-date gauges; after that the month's final buckets are one sum per series
+(exporter/spend/month.py). Readings go to the feed's Ledger,
 which counts each bucket's growth once; a revision downwards is logged and counted, never
 subtracted. A feed that fails keeps its counters as they were and fails its collector
 (`costs` or `usage`) alone. The ledgers are saved before the new counters are published, so
@@ -11,9 +13,11 @@ that a crash between the two never shows a counter higher than the state a resta
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -25,14 +29,31 @@ from exporter import redaction
 from exporter.details.health import CollectorHealth
 from exporter.exposition import Part
 from exporter.priority import lower_thread_priority
-from exporter.spend.feeds import COST, VECTOR_BYTES, Feed
-from exporter.spend.fetch import Bucket, fetch_window
-from exporter.spend.ledger import Ledger, Reading
+from exporter.spend.feeds import VECTOR_BYTES, Feed
+from exporter.spend.fetch import Bucket, Digest, Sizing, amounts_of, fetch_window
+from exporter.spend.ledger import Ledger
+from exporter.spend.month import MonthToDate
 from exporter.spend.render import SpendRenderer
 from exporter.upstream import ApiClient, PollCancelled, PollError
 
 log = structlog.get_logger("exporter.spend")
 DAY = 86_400
+
+
+MONTH_KEY = "month_to_date"  # beside the feeds' ledgers in the state file's `spend`
+
+
+@contextmanager
+def paused_collector() -> Iterator[None]:
+    """The cyclic garbage collector paused: a page's parse allocates enough objects to start
+    several full collections, each walking every ledger's marks, and finds no cycle to free."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def month_start(now: float) -> int:
@@ -66,10 +87,13 @@ class SpendPoller:
         self._clock = clock
         self._lock = threading.Lock()
         self.ledgers: dict[str, Ledger] = {feed.endpoint: Ledger() for feed in self.feeds}
-        self._month: dict[tuple[str, ...], Decimal] = {}  # (project, line item, currency) -> this month's cost
-        self._month_parts: dict[int, dict[tuple[str, ...], Decimal]] = {}  # each bucket's share of it
-        self._month_of = 0  # the month they are of
-        self._digests: dict[str, dict[int, bytes]] = {}  # per feed, the last poll's buckets
+        self._months = MonthToDate()  # (project, line item, currency) -> this month's cost
+        self._digests: dict[str, dict[int, Digest]] = {}  # per feed and bucket, the last poll's hashes
+        first = int(lookback // DAY) + 1  # the window's buckets: a page every poll reads
+        self._sizing = {feed.endpoint: Sizing(client.max_response_size, first) for feed in self.feeds}
+        self._forgot: dict[str, int] = {}  # per feed, the window start its ledger last forgot before
+        self._unsaved = False  # counted since the last save
+        self._unpublished = False  # a counter or a gauge moved since the last publication
         self._vector_bytes: dict[tuple[str, ...], Decimal] = {}
         self._renderer = SpendRenderer()
         self.revisions = Counter(
@@ -91,15 +115,26 @@ class SpendPoller:
 
     def dump(self) -> dict[str, Any]:
         with self._lock:
-            return {endpoint: ledger.dump() for endpoint, ledger in self.ledgers.items() if ledger.started}
+            dumped: dict[str, Any] = {
+                endpoint: ledger.dump() for endpoint, ledger in self.ledgers.items() if ledger.started
+            }
+            if self._months.month:
+                dumped[MONTH_KEY] = self._months.dump()
+            return dumped
 
     def restore(self, saved: Mapping[str, Any]) -> None:
-        """The ledgers of the state file: the counters go on from their saved totals."""
+        """The ledgers of the state file: the counters go on from their saved totals.
+
+        And the month's final sums, if saved: the first poll then reads costs from the window
+        (or from the first day not summed), not from the first of the month.
+        """
         with self._lock:
             for endpoint in self.ledgers:
                 if endpoint in saved:
                     self.ledgers[endpoint] = Ledger.load(saved[endpoint])
-            self._publish(self._compose())
+            if MONTH_KEY in saved and "costs" in self.ledgers:
+                self._months = MonthToDate.load(saved[MONTH_KEY])
+        self._publish(self.compose())
 
     # -- a poll ---------------------------------------------------------------------------------
 
@@ -115,9 +150,6 @@ class SpendPoller:
 
     def _poll(self) -> None:
         now = self._clock()
-        day = int(now) // DAY * DAY
-        window = day - int(self._lookback // DAY) * DAY
-        changed = False
         try:
             self._client.authorize()
         except PollError as exc:
@@ -126,16 +158,11 @@ class SpendPoller:
             return
         failed: set[str] = set()
         for feed in self.feeds:
-            start = min(window, month_start(now)) if feed.endpoint == "costs" else window
+            start = self.start_of(feed, now)
             try:
-                buckets, requests = fetch_window(
-                    self._client,
-                    feed,
-                    start,
-                    time.monotonic() + self._deadline,
-                    self._max_pages,
-                    self._digests.get(feed.endpoint),
-                )
+                with paused_collector():
+                    buckets, requests = self.fetch(feed, start)
+                    self.count(feed, buckets, start, now)
             except PollCancelled:
                 return
             except PollError as exc:
@@ -143,49 +170,85 @@ class SpendPoller:
                 self._failed(feed.collector, feed.endpoint, exc)
                 continue
             self._health.requests.labels(feed.collector).inc(requests)
-            with self._lock:
-                self._count(feed, buckets, window, month_start(now))
-            changed = True
         for collector in {feed.collector for feed in self.feeds} - failed:
             self._health.up.labels(collector).set(1)
-        if changed:
+        if self._unsaved:
             # Saved before published: a restart never resumes below what Prometheus has seen, which
             # it would read as a reset and count again. Unsaved, the counters wait for a save.
             if not self._save():
                 log.warning("spend_not_published", reason="the state file could not be written")
                 return
-            with self._lock:
-                part = self._compose()
+            self._unsaved = False
+        if self._unpublished:  # a poll that moved nothing publishes nothing: the last part stands
+            with paused_collector():
+                part = self.compose()
             self._publish(part)
+            self._unpublished = False
 
-    def _count(self, feed: Feed, buckets: list[Bucket], window: int, month: int) -> None:
-        """Under the lock: one feed's changed buckets into its ledger and the gauges.
+    # -- a poll's steps, one feed at a time (also timed one by one by bench/spend.py) -------------
 
-        A bucket that came back unchanged (`amounts` None) has nothing to count: its amounts
-        are the marks already, and its share of the month is already in the month's sums.
+    def window(self, now: float) -> int:
+        """The start of the look-back window: the first bucket a poll reads of every feed."""
+        return int(now) // DAY * DAY - int(self._lookback // DAY) * DAY
+
+    def start_of(self, feed: Feed, now: float) -> int:
+        """Where this poll reads `feed` from: the window's start, or for costs the first day of the
+        month not summed yet (exporter/spend/month.py). Moves the month's final buckets into its sums."""
+        if feed.endpoint != "costs":
+            return self.window(now)
+        with self._lock:
+            start = self._months.read_from(month_start(now), self.window(now))
+            self._unpublished |= not self._months.complete  # a new month: its gauges start again
+            return start
+
+    def fetch(self, feed: Feed, start: int) -> tuple[list[Bucket], int]:
+        """The feed's buckets from `start`, only the results new since the last poll read, and the requests."""
+        deadline = time.monotonic() + self._deadline
+        known = self._digests.get(feed.endpoint)
+        return fetch_window(self._client, feed, start, deadline, self._max_pages, known, self._sizing[feed.endpoint])
+
+    def count(self, feed: Feed, buckets: list[Bucket], start: int, now: float) -> None:
+        with self._lock:
+            self._count(feed, buckets, self.window(now), start, int(now) // DAY * DAY)
+
+    def compose(self) -> Part:
+        with self._lock:
+            return self._compose()
+
+    def _count(self, feed: Feed, buckets: list[Bucket], window: int, start: int, day: int) -> None:
+        """Under the lock: one feed's changed results into its ledger and the gauges.
+
+        A result that came back unchanged has nothing to count: its amounts are the marks
+        already, and its share of the month is already in the month's sums.
         """
         ledger = self.ledgers[feed.endpoint]
+        costs = feed.endpoint == "costs"
+        month = self._months
         readings = []
-        if month != self._month_of:  # a new month: its gauges start again
-            self._month, self._month_parts, self._month_of = {}, {}, month
-        newest = max(buckets, key=lambda b: b.start, default=None)
         for bucket in buckets:
             if bucket.amounts is None:
                 continue
-            part: dict[tuple[str, ...], Decimal] = {}
+            self._unsaved = self._unpublished = True
             for family, labels, amount in bucket.amounts:
-                if family == VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
-                    continue
-                readings.append(Reading(bucket.start, (family, *labels), "", amount))
-                if family == COST.name and bucket.start >= month:
-                    part[labels] = part.get(labels, Decimal(0)) + amount
-            if feed.endpoint == "costs" and bucket.start >= month:
-                self._replace_month_part(bucket.start, part)
+                if family != VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
+                    readings.append((bucket.start, (family, *labels), "", amount))
+            if costs and bucket.start >= month.month:
+                if bucket.whole:
+                    month.replace(bucket.start, bucket.amounts)
+                elif not month.update(bucket.start, bucket.amounts, bucket.gone):
+                    month.replace(bucket.start, amounts_of(bucket.results, feed))
+        if costs:
+            month.read(start, day)
+        newest = max(buckets, key=lambda b: b.start, default=None)
         if feed.endpoint == "vector_stores" and newest is not None and newest.amounts is not None:
-            self._vector_bytes = {labels: amount for family, labels, amount in newest.amounts}
-        self._digests[feed.endpoint] = {bucket.start: bucket.digest for bucket in buckets}
+            amounts = newest.amounts if newest.whole else amounts_of(newest.results, feed)
+            self._vector_bytes = {labels: amount for family, labels, amount in amounts}
+        # Only the window's buckets are read again: a month's older ones are final.
+        self._digests[feed.endpoint] = {bucket.start: bucket.digest for bucket in buckets if bucket.start >= window}
         outcome = ledger.record(readings, baseline=not ledger.started)
-        ledger.forget_before(window if feed.endpoint != "costs" else min(window, month))
+        if self._forgot.get(feed.endpoint) != window:  # marks leave the window once a day, not at each poll
+            ledger.forget_before(window)
+            self._forgot[feed.endpoint] = window
         for revision in outcome.revisions:
             self.revisions.labels(feed.collector, feed.endpoint).inc()
             log.info(
@@ -201,14 +264,6 @@ class SpendPoller:
         if buckets:
             self.last_bucket.labels(feed.collector, feed.endpoint).set(max(b.end for b in buckets))
 
-    def _replace_month_part(self, bucket: int, part: dict[tuple[str, ...], Decimal]) -> None:
-        """A month's bucket read anew: the month's sums lose its old share and gain the new one."""
-        for labels, amount in self._month_parts.get(bucket, {}).items():
-            self._month[labels] -= amount
-        for labels, amount in part.items():
-            self._month[labels] = self._month.get(labels, Decimal(0)) + amount
-        self._month_parts[bucket] = part
-
     def _failed(self, collector: str, endpoint: str, exc: PollError) -> None:
         self._health.up.labels(collector).set(0)
         self._health.failures.labels(collector, exc.reason).inc()
@@ -221,4 +276,5 @@ class SpendPoller:
         )
 
     def _compose(self) -> Part:
-        return self._renderer.render(self.ledgers.values(), self._month, self._vector_bytes)
+        month = self._months.totals if self._months.complete else {}
+        return self._renderer.render(self.ledgers.values(), month, self._vector_bytes)

@@ -1,0 +1,41 @@
+"""The spend's rendering: only what moved is formatted again, and the bytes equal a fresh render's."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from exporter.spend.feeds import COST, TOKENS
+from exporter.spend.ledger import Ledger
+from exporter.spend.render import SpendRenderer
+
+A = ("proj_a", "gpt-4o, input", "usd")
+B = ("proj_b", "gpt-4o, input", "usd")
+
+
+def body(part) -> bytes:
+    return b"".join(bytes(buffer) for buffer in part.raw)
+
+
+def test_an_incremental_render_is_byte_for_byte_a_fresh_one():
+    costs, tokens = Ledger(), Ledger()
+    costs.record([(0, (COST.name, *B), "", Decimal("2"))])
+    tokens.record([(0, (TOKENS.name, "proj_a", "m", "completions", "input"), "", Decimal(7))])
+    renderer = SpendRenderer()
+    first = renderer.render([costs, tokens], {B: Decimal("2")}, {})
+    costs.record([(0, (COST.name, *B), "", Decimal("2.50")), (0, (COST.name, *A), "", Decimal("1.1"))])
+    month = {A: Decimal("1.1"), B: Decimal("2.5")}
+    again = renderer.render([costs, tokens], month, {})
+    assert body(again) == body(SpendRenderer().render([costs, tokens], month, {}))
+    text = body(again).decode()
+    assert text.index('project_id="proj_a"') < text.index('project_id="proj_b"')  # a new series in its place
+    assert 'openai_project_cost_total{project_id="proj_b",line_item="gpt-4o, input",currency="usd"} 2.5\n' in text
+    # The tokens family did not move: its bytes, plain and deflated, are those of the first render.
+    assert any(buffer is previous for buffer in again.deflated for previous in first.deflated if len(previous) > 40)
+
+
+def test_a_gauge_series_that_is_gone_is_not_rendered_and_nothing_moved_renders_the_same():
+    renderer = SpendRenderer()
+    renderer.render([], {A: Decimal(1), B: Decimal(2)}, {})
+    part = renderer.render([], {B: Decimal(2)}, {})
+    assert b"proj_a" not in body(part) and b"proj_b" in body(part)
+    assert body(renderer.render([], {B: Decimal(2)}, {})) == body(part)
