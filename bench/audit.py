@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 CHANGE_EVENT = "audit_bench_change"
@@ -121,9 +120,8 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
 
 import measure  # noqa: E402 - the child above needs none of the bench's modules
 from governance import LIST_PATH, SIM_READY, Upstream, _table, units_of, wait_loaded  # noqa: E402
-from procs import REPO, BenchError, Proc, python, stop_all  # noqa: E402
+from procs import BenchError, Proc, measure_and_report, python  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 AUDIT_PATH = "/v1/organization/audit_logs"
 ORGANIZATION_SPEND_LIMIT = "/v1/organization/spend_limit"
 COLLECTORS = 4  # users, service-accounts, api-keys, spend-limits: the defaults that read details
@@ -426,29 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     results: dict = {"machine": bench_run.machine(), "options": {k: v for k, v in vars(opts).items() if k != "out"}}
-    error = None
-    try:
+
+    def measure() -> None:
         results.update(measure_runs(opts, log))
         results["targets"] = targets(results)
-    except BenchError as exc:
-        error = str(exc)
-    except KeyboardInterrupt:
-        error = "interrupted"
-    finally:
-        stop_all()
-    results["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    results["seconds"] = round(time.monotonic() - began, 1)
-    out = opts.out or RESULTS / f"audit-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if error:
-        results["error"] = error
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
-    if error:
-        log(f"failed: {error}; partial results in {out}")
-        return 1
-    print(render(results))
-    log(f"done; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    return 0
+
+    return measure_and_report("audit", results, measure, render, opts.out, began, log)
 
 
 if __name__ == "__main__":

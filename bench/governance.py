@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -204,10 +204,9 @@ if __name__ == "__main__" and sys.argv[1:2] in (["serve"], ["read-only"]):
     sys.exit({"serve": serve, "read-only": read_only}[sys.argv[1]](sys.argv[2:]))
 
 import measure  # noqa: E402 - the children above need none of the bench's modules
-from procs import REPO, BenchError, Proc, python, run_json, stop_all  # noqa: E402
+from procs import BenchError, Proc, measure_and_report, python, run_json  # noqa: E402
 from scrape import Scraper  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", re.M)
 
 
@@ -1039,28 +1038,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     results: dict = {"machine": bench_run.machine()}
-    error = None
-    try:
+
+    def measure() -> None:
         results["governance"] = run(args, log)
-    except BenchError as exc:
-        error = str(exc)
-    except KeyboardInterrupt:
-        error = "interrupted"
-    finally:
-        stop_all()
-    results["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    results["seconds"] = round(time.monotonic() - began, 1)
-    out = args.out or RESULTS / f"governance-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if error:
-        results["error"] = error
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
-    if error:
-        log(f"failed: {error}; partial results in {out}")
-        return 1
-    print(render(results["governance"]))
-    log(f"done; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    return 0
+
+    return measure_and_report("governance", results, measure, lambda r: render(r["governance"]), args.out, began, log)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,3 +230,41 @@ def stop_all() -> None:
             proc.stop()
         except Exception as exc:  # keep stopping the others
             print(f"bench: could not stop {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
+
+
+RESULTS = REPO / "bench" / "results"
+
+
+def measure_and_report(
+    name: str,
+    results: dict,
+    measure: Callable[[], None],
+    render: Callable[[dict], str],
+    out: Path | None,
+    began: float,
+    log: Callable[[str], None],
+) -> int:
+    """Run `measure` (it fills `results`), stop every child whatever happens, write the results
+    to JSON (partial, with the error, when it failed), print the tables; the exit code."""
+    error = None
+    try:
+        measure()
+    except BenchError as exc:
+        error = str(exc)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    finally:
+        stop_all()
+    results["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results["seconds"] = round(time.monotonic() - began, 1)
+    if error:
+        results["error"] = error
+    out = out or RESULTS / f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
+    if error:
+        log(f"failed: {error}; partial results in {out}")
+        return 1
+    print(render(results))
+    log(f"done in {results['seconds']:.0f} s; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 0

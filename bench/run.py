@@ -17,7 +17,6 @@ exit, error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -30,9 +29,7 @@ from pathlib import Path
 import governance
 import measure
 import report
-from procs import REPO, BenchError, stop_all
-
-RESULTS = REPO / "bench" / "results"
+from procs import REPO, BenchError, measure_and_report
 
 
 def machine() -> dict:
@@ -190,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sizes": {},
     }
-    error = None
-    try:
+
+    def measure_all() -> None:
         for n in args.sizes:
             results["sizes"][str(n)] = bench_size(n, args, log)
         if args.rtt > 0:
@@ -202,39 +199,22 @@ def main(argv: list[str] | None = None) -> int:
             results["spend"] = spend.run(spend.parse_args([]), log)
         if args.governance != "off":
             results["governance"] = governance.run(governance.defaults(part=args.governance), log)
-    except BenchError as exc:
-        error = str(exc)
-    except KeyboardInterrupt:
-        error = "interrupted"
-    finally:
-        stop_all()
-    results["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    results["seconds"] = round(time.monotonic() - began, 1)
-    if error:
-        results["error"] = error
-    try:
-        results["targets"] = report.targets(results) if not error else []
-    except (KeyError, ZeroDivisionError) as exc:
-        results["targets"] = []
-        results["error"] = results.get("error") or f"incomplete results: {exc!r}"
+        try:
+            results["targets"] = report.targets(results)
+        except (KeyError, ZeroDivisionError) as exc:
+            raise BenchError(f"incomplete results: {exc!r}") from None
 
-    out = args.out or RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    if results.get("error"):
-        log(f"failed: {results['error']}; partial results in {out}")
-        return 1
-    print(report.render(results))
-    if "spend" in results:
-        import spend
+    def render(results: dict) -> str:
+        parts = [report.render(results)]
+        if "spend" in results:
+            import spend
 
-        print("\n## Costs and usage (bench/spend.py)\n")
-        print(spend.render(results["spend"]))
-    if "governance" in results:
-        print("\n## Governance collectors (bench/governance.py)\n")
-        print(governance.render(results["governance"]))
-    log(f"done; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    return 0
+            parts += ["\n## Costs and usage (bench/spend.py)\n", spend.render(results["spend"])]
+        if "governance" in results:
+            parts += ["\n## Governance collectors (bench/governance.py)\n", governance.render(results["governance"])]
+        return "\n".join(parts)
+
+    return measure_and_report("bench", results, measure_all, render, args.out, began, log)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import cProfile
 import gc
 import json
 import math
-import os
 import pstats
 import re
 import signal
@@ -65,7 +64,7 @@ import httpx  # noqa: E402
 import measure  # noqa: E402
 import orjson  # noqa: E402
 import structlog  # noqa: E402
-from procs import BenchError, python, run_json, stop_all  # noqa: E402
+from procs import BenchError, measure_and_report, python, run_json  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from scrape import Scraper  # noqa: E402
 
@@ -81,7 +80,6 @@ from exporter.upstream import KEEPALIVE_EXPIRY, MAX_RESPONSE_SIZE, ApiClient, sh
 ADMIN_KEY = measure.ADMIN_KEY
 DAY = 86_400
 DEFAULT_NOW = "2026-01-31T23:00:00Z"  # the last day of a 31-day month
-RESULTS = REPO / "bench" / "results"
 SPEND_FAMILIES = {family.name for family in (*FAMILIES, MONTH, ORGANIZATION_MONTH)}
 DETAIL_COLLECTORS = ("users", "service-accounts", "api-keys", "spend-limits")  # the default ones
 _SAMPLE = re.compile(rb"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^\n]*\})? ([^ \n]+)$", re.M)
@@ -1134,28 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"machine": machine(), "options": {k: str(v) for k, v in vars(args).items()}}
     gc.freeze()  # as the exporter does after start-up
-    error = None
-    try:
-        results.update(run(args, log))
-    except BenchError as exc:
-        error = str(exc)
-    except KeyboardInterrupt:
-        error = "interrupted"
-    finally:
-        stop_all()
-    results["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    results["seconds"] = round(time.monotonic() - began, 1)
-    if error:
-        results["error"] = error
-    out = args.out or RESULTS / f"spend-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
-    if error:
-        log(f"failed: {error}; partial results in {out}")
-        return 1
-    print(render(results))
-    log(f"done in {results['seconds']:.0f} s; results in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    return 0
+
+    return measure_and_report("spend", results, lambda: results.update(run(args, log)), render, args.out, began, log)
 
 
 if __name__ == "__main__":
