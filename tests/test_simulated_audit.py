@@ -32,6 +32,7 @@ from exporter.simulated_audit import (
 from exporter.simulator import SimulatedOrganization
 from tests.support.governance import closed_components, contract
 from tests.support.keys import KEY
+from tests.support.listing import assert_error, walk
 
 NOW = 1_750_000_000
 PATH = "/organization/audit_logs"
@@ -48,28 +49,6 @@ def _close_http():
 def get(server, key: str = KEY, **params) -> httpx.Response:
     """A GET of the audit log; a parameter given a list goes as repeated keys, as `name[]` if so named."""
     return _http.get(server.base_url + PATH, params=params, headers={"Authorization": f"Bearer {key}"})
-
-
-def walk(server, **params) -> tuple[list[dict], list[dict]]:
-    """Every event the list gives, following `last_id` page by page; and the pages."""
-    pages = []
-    while True:
-        response = get(server, **params)
-        assert response.status_code == 200, response.text
-        pages.append(response.json())
-        if not pages[-1]["has_more"]:
-            return [event for page in pages for event in page["data"]], pages
-        params["after"] = pages[-1]["last_id"]
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["x-request-id"].startswith("req_")
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +150,7 @@ def test_every_event_answers_as_the_spec_says(server, validate):
     for _ in range(40):
         organization.churn()
         organization.spend.clock.advance(30)
-    events, pages = walk(server, limit=7)
+    events, pages = walk(server, PATH, limit=7)
     for page in pages:
         validate(page)
     types = Counter(event["type"] for event in events)
@@ -201,7 +180,7 @@ def test_paging_newest_first_covers_every_event_exactly_once(server):
         added.append(organization.governance.add_user(active(server)[n % 3])["id"])
         if n % 4 == 3:  # some share a second: the later recorded comes first
             clock.advance(1)
-    events, pages = walk(server, limit=4)
+    events, pages = walk(server, PATH, limit=4)
     assert len(pages) == 6 and [len(page["data"]) for page in pages] == [4, 4, 4, 4, 4, 3]
     assert [page["has_more"] for page in pages] == [True] * 5 + [False]
     for page in pages:
@@ -217,7 +196,7 @@ def test_paging_newest_first_covers_every_event_exactly_once(server):
     # Events recorded while a client pages are newer: they come before its cursor, not in its pages.
     first = get(server, limit=10).json()
     organization.governance.add_user(active(server)[0])
-    rest, _ = walk(server, limit=10, after=first["last_id"])
+    rest, _ = walk(server, PATH, limit=10, after=first["last_id"])
     assert [e["id"] for e in first["data"] + rest] == ids
 
 
@@ -226,7 +205,7 @@ def test_a_clock_set_back_still_lists_by_time(server):
     created = organization.governance.add_user(active(server)[0])
     organization.spend.clock.set(NOW - 3600)
     earlier = organization.governance.add_user(active(server)[0])
-    events, _ = walk(server, limit=1)
+    events, _ = walk(server, PATH, limit=1)
     assert [e["user.added"]["id"] for e in events] == [created["id"], earlier["id"]]
     assert [e["effective_at"] for e in events] == [NOW, NOW - 3600]
 
@@ -263,11 +242,11 @@ def test_effective_at_bounds(server):
     }
     everything = organization.audit.events()
     for bound, keep in cases.items():
-        events, _ = walk(server, limit=2, **{f"effective_at[{bound}]": at})
+        events, _ = walk(server, PATH, limit=2, **{f"effective_at[{bound}]": at})
         assert events == [e for e in everything if keep(e["effective_at"])], bound
-    events, _ = walk(server, **{"effective_at[gte]": NOW + 20, "effective_at[lt]": NOW + 60})
+    events, _ = walk(server, PATH, **{"effective_at[gte]": NOW + 20, "effective_at[lt]": NOW + 60})
     assert [e["effective_at"] for e in events] == [NOW + 50, NOW + 40, NOW + 30, NOW + 20]
-    assert walk(server, **{"effective_at[gt]": NOW + 60, "effective_at[lt]": NOW + 20})[0] == []
+    assert walk(server, PATH, **{"effective_at[gt]": NOW + 60, "effective_at[lt]": NOW + 20})[0] == []
 
 
 @pytest.mark.parametrize("brackets", [True, False], ids=["brackets", "repeated"])
@@ -279,7 +258,7 @@ def test_each_array_filter(server, brackets):
     everything = organization.audit.events()
 
     def filtered(name: str, values: list[str]) -> list[dict]:
-        events, _ = walk(server, limit=3, **{f"{name}[]" if brackets else name: values})
+        events, _ = walk(server, PATH, limit=3, **{f"{name}[]" if brackets else name: values})
         assert events == [e for e in everything if facets(e, name) & set(values)], name
         return events
 
@@ -310,11 +289,11 @@ def test_filters_combine_and_page_with_a_cursor_they_exclude(server):
     everything = organization.audit.events()
     wanted = [e for e in everything if e["type"] == "user.added" and e["project"]["id"] == project_id]
     params = {"event_types[]": ["user.added"], "project_ids[]": [project_id], "limit": 5}
-    events, pages = walk(server, **params)
+    events, pages = walk(server, PATH, **params)
     assert events == wanted and len(pages) == 3
     # A cursor need not pass the filters: paging goes on from its place in the log.
     other = next(e for e in everything[5:] if e["type"] == "service_account.created")
-    after, _ = walk(server, **params, after=other["id"])
+    after, _ = walk(server, PATH, **params, after=other["id"])
     assert after == [e for e in wanted if everything.index(e) > everything.index(other)]
 
 
@@ -502,7 +481,7 @@ def test_changes_over_http_write_events_too(server):
         project_id = made.json()["id"]
         _http.post(f"{server.base_url}/organization/projects/{project_id}", json={"name": "Renamed"}, headers=headers)
         _http.post(f"{server.base_url}/organization/projects/{project_id}/archive", headers=headers)
-    events, _ = walk(server, **{"project_ids[]": [project_id]})
+    events, _ = walk(server, PATH, **{"project_ids[]": [project_id]})
     assert [e["type"] for e in events] == ["project.archived", "project.updated", "project.created"]
     assert {e["actor"]["session"]["user"]["id"] for e in events} == {"user-http"}  # the handler's threads too
 
@@ -536,9 +515,9 @@ def test_actor_contexts_name_who_acts(server):
         "api_key": {"id": "key_z", "type": "user", "user": {"id": "user-abc", "email": "abc@example.com"}},
     }
     assert last in audit.actors  # outside every context: one of the organization's own
-    by_actor, _ = walk(server, **{"actor_ids[]": ["user-abc"]})
+    by_actor, _ = walk(server, PATH, **{"actor_ids[]": ["user-abc"]})
     assert len(by_actor) == 3  # two sessions and the user's key
-    assert len(walk(server, **{"actor_ids[]": ["svc_y", "key_z"]})[0]) == 2
+    assert len(walk(server, PATH, **{"actor_ids[]": ["svc_y", "key_z"]})[0]) == 2
 
 
 @pytest.mark.parametrize(
@@ -602,7 +581,7 @@ def test_the_log_keeps_the_newest_events_within_its_bound(server):
     for _ in range(8):
         governance.add_user(active(server)[0])
         server.organization.spend.clock.advance(1)
-    events, _ = walk(server, limit=2)
+    events, _ = walk(server, PATH, limit=2)
     assert len(events) == 5 and events[-1]["effective_at"] == NOW + 3
 
 

@@ -19,6 +19,7 @@ from exporter.simulated_governance import LIST_DEFAULT_LIMITS, PROJECT_RESOURCES
 from exporter.simulator import Response, SimulatedOrganization, error_body, start_churn
 from tests.support.governance import closed_components, contract
 from tests.support.keys import KEY
+from tests.support.listing import assert_error, walk
 from tests.support.waiting import wait_for
 
 NOW = 1_750_000_000  # the organization's present, so that every run generates the same data
@@ -57,28 +58,6 @@ def _close_http():
 
 def get(server, path: str, key: str = KEY, **params) -> httpx.Response:
     return _http.get(server.base_url + path, params=params, headers={"Authorization": f"Bearer {key}"})
-
-
-def walk(server, path: str, **params) -> tuple[list[dict], list[dict]]:
-    """Every item of a list, following `last_id` page by page; and the pages."""
-    pages = []
-    while True:
-        response = get(server, path, **params)
-        assert response.status_code == 200, response.text
-        pages.append(response.json())
-        if not pages[-1]["has_more"]:
-            return [item for page in pages for item in page["data"]], pages
-        params["after"] = pages[-1]["last_id"]
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["x-request-id"].startswith("req_")
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from exporter.simulated_spend_query import COSTS, SPEND_RESOURCES, USAGE
 from exporter.simulator import Response, SimulatedOrganization, error_body
 from tests.support.governance import closed_components, contract
 from tests.support.keys import KEY
+from tests.support.listing import assert_error
 
 NOW = 1_750_000_000  # Sunday 15 June 2025, 15:06:40 UTC: the spend's present, on a manual clock
 DAY, HOUR, MINUTE = 86_400, 3_600, 60
@@ -83,16 +84,6 @@ def walk(server, resource: str, **params) -> tuple[list[dict], list[dict]]:
         pages.append(page(server, resource, **params | {"page": pages[-1]["next_page"]}))
     assert pages[-1]["next_page"] is None
     return [bucket for p in pages for bucket in p["data"]], pages
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["x-request-id"].startswith("req_")
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 def results(buckets: list[dict]) -> list[dict]:
