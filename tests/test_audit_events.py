@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.audit.events import EVENT_TYPES, Actor, parse_event
+from exporter.audit.events import ALL_EVENT_TYPES, EVENT_TYPES, TENANT_EVENT_TYPES, Actor, parse_event
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import Invalid
 
@@ -19,10 +19,12 @@ def schemas() -> dict:
     return yaml.safe_load(CONTRACT.read_text())["components"]["schemas"]
 
 
-def test_the_types_asked_for_are_the_enums_less_the_tenant_scoped_ones(schemas):
+def test_the_two_reads_ask_for_every_type_of_the_enum_the_tenant_scoped_ones_apart(schemas):
     enum = schemas["AuditLogEventType"]["enum"]
     tenant = {t for t in enum if t.startswith("tenant.")} | {"role.bound_to_resource", "role.unbound_from_resource"}
     assert list(EVENT_TYPES) == [t for t in enum if t not in tenant]
+    assert list(TENANT_EVENT_TYPES) == [t for t in enum if t in tenant]
+    assert sorted(ALL_EVENT_TYPES) == sorted(enum)
 
 
 def test_every_type_a_collector_names_is_in_the_contract(schemas):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from exporter.audit.events import EVENT_TYPES
+from exporter.audit.events import ALL_EVENT_TYPES
 from tests.support.metrics import promtool_check
 from tests.support.process import NO_DETAILS, upstream_args
 from tests.support.waiting import wait_for
@@ -80,7 +80,7 @@ def test_each_project_change_names_its_actor_and_emails_only_when_asked(simulato
     assert "ann@example.com" not in plain.stdout() and "198.51.100.4" not in plain.stdout()
 
     metrics = plain.metrics()
-    assert {s.labels["type"] for s in metrics.samples("openai_audit_events_total")} == set(EVENT_TYPES)
+    assert {s.labels["type"] for s in metrics.samples("openai_audit_events_total")} == set(ALL_EVENT_TYPES)
     assert metrics.get("openai_audit_events_total", type="project.created") >= 1
     assert metrics.get("openai_audit_events_total", type="project.updated") >= 2  # renamed, unarchived
     assert promtool_check(plain.get("/metrics").text).returncode == 0

@@ -17,7 +17,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from exporter.audit.events import EVENT_TYPES
+from exporter.audit.events import ALL_EVENT_TYPES
 from exporter.simulated_audit import DISABLED, EXTRA_CHANGES, facets
 from tests.support.process import NO_DETAILS, upstream_args
 from tests.support.sdk import sdk
@@ -152,11 +152,13 @@ def test_the_exporter_counts_by_type_what_the_sdk_lists(simulator, start_exporte
     start = int(first.get("openai_audit_last_event_timestamp_seconds"))  # history before it is not counted
     for _ in range(25):
         server.organization.churn()
+    for key in ("key_tenant_a", "key_tenant_b"):  # listed only to a read of the tenant's events
+        server.organization.audit.record("tenant.admin_api_key.created", project_id=None, resource_id=key)
     listed = Counter(e.type for e in sdk(server).admin.organization.audit_logs.list(effective_at={"gte": start}))
     assert sum(listed.values()) > 25
 
     def counted(metrics) -> dict[str, float]:
-        return {t: v for t in EVENT_TYPES if (v := metrics.get("openai_audit_events_total", type=t))}
+        return {t: v for t in ALL_EVENT_TYPES if (v := metrics.get("openai_audit_events_total", type=t))}
 
     metrics = process.wait_metric(lambda m: sum(counted(m).values()) >= sum(listed.values()), what="every event")
     assert counted(metrics) == dict(listed)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import orjson
 
-from exporter.audit.events import EVENT_TYPES, Event, parse_event
+from exporter.audit.events import EVENT_TYPES, TENANT_EVENT_TYPES, Event, parse_event
 from exporter.collectors.base import Invalid
 from exporter.upstream import PAGE_SIZE, ApiClient, Params, PollError
 
@@ -37,10 +37,15 @@ def read_since(
     deadline: float,
     max_pages: int,
     on_request: Callable[[int], None] = lambda page: None,
+    *,
+    tenant: bool = False,
 ) -> Read:
-    """Every event after `position`, oldest first; a PollError if any page fails."""
+    """Every event after `position`, oldest first; a PollError if any page fails. With `tenant`,
+    the tenant-scoped events, which the log lists only when asked for alone (`tenant_only`)."""
     base: list[tuple[str, str | int | float | bool | None]] = [("effective_at[gt]", position.at - 1)]
-    base += [("event_types[]", t) for t in EVENT_TYPES]  # as the official SDK writes an array
+    # As the official SDK writes an array: event_types[]=a&event_types[]=b.
+    base += [("event_types[]", t) for t in (TENANT_EVENT_TYPES if tenant else EVENT_TYPES)]
+    base += [("tenant_only", "true")] if tenant else []
     base.append(("limit", PAGE_SIZE))
     events: list[Event] = []
     seen: set[str] = set(position.ids)

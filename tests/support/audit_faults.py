@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from exporter.audit.events import EVENT_TYPES, TENANT_EVENT_TYPES
 from exporter.simulator import OrganizationServer, Request, Response
 from tests.support.upstream import error, ok
 
@@ -33,10 +34,12 @@ class AuditFaultRow:
 
 
 def real_page(server: OrganizationServer, request: Request, *, first: bool = False) -> dict:
-    """The page the simulated organization would answer (every event type: the faults do not filter);
-    with `first`, the first page whatever the cursor."""
+    """The page the simulated organization would answer; with `first`, the first page whatever the cursor."""
     skip = ("event_types[]", "after") if first else ("event_types[]",)
     params = {name: [value] for name, value in request.query.items() if name not in skip}
+    # The recorded query keeps one value per name: the types asked for are those of the read.
+    tenant = request.query.get("tenant_only") == "true"
+    params["event_types[]"] = list(TENANT_EVENT_TYPES if tenant else EVENT_TYPES)
     return server.organization.audit.read(params)
 
 
@@ -77,6 +80,12 @@ def _news(server, request):
     )
     document["a_top_level_field"] = "new"
     return ok(document)
+
+
+def _outside_any_tenant(server, request):
+    if request.query.get("tenant_only") == "true":
+        return error(400, "This organization does not belong to a tenant.", param="tenant_only")
+    return None
 
 
 def _throttled(server, request):
@@ -143,6 +152,14 @@ AUDIT_ROWS = (
         "unknown fields on every event and page, and an event of a type the contract does not list",
         _news,
         "read as usual: the known types are counted, the unknown one is not, no failure",
+    ),
+    AuditFaultRow(
+        "audit-no-tenant",
+        "the tenant-scoped read alone answers 400: the organization belongs to no tenant",
+        _outside_any_tenant,
+        "one `audit_log_tenant_unavailable` info line, that read tried again an hour later; the organization's "
+        "events are read and counted as usual, the collector stays up",
+        event="audit_log_tenant_unavailable",
     ),
     AuditFaultRow(
         "audit-throttled",
