@@ -71,12 +71,12 @@ class Ledger:
         """Count the growth of each reading over its mark; with `baseline`, only take the marks."""
         grown: dict[tuple[Group, str], Decimal] = {}
         revisions: list[Revision] = []
-        marks, totals, moved, zero = self.marks, self.totals, self.moved, _ZERO
+        marks, totals, moved, groups, zero = self.marks, self.totals, self.moved, self._groups, _ZERO
         for bucket, group, measure, amount in readings:
             key = (bucket, group, measure)
             mark = marks.get(key)
             if mark is None:
-                group = self._groups.setdefault(group, group)
+                group = groups.setdefault(group, group)
                 key = (bucket, group, measure)
                 mark = amount if baseline else zero
                 marks[key] = mark
@@ -86,7 +86,9 @@ class Ledger:
             if amount > mark:
                 marks[key] = amount
                 growth = amount - mark
-                counter = (group, measure)
+                # The ledger's own tuple, not the reading's: the counter's every later lookup, here
+                # and in the renderer, then finds its labels the same objects and compares no text.
+                counter = (groups.get(group, group), measure)
                 grown[counter] = grown.get(counter, zero) + growth
                 totals[counter] = totals.get(counter, zero) + growth
                 moved.add(counter)
