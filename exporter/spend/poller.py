@@ -226,14 +226,16 @@ class SpendPoller:
         ledger = self.ledgers[feed.endpoint]
         costs = feed.endpoint == "costs"
         month = self._months
-        readings = []
+        readings: list[tuple[int, tuple[str, ...], str, Decimal]] = []
+        level = VECTOR_BYTES.name  # a level, not a flow: the newest bucket's, not counted
         for bucket in buckets:
             if bucket.amounts is None:
                 continue
             self._unsaved = self._unpublished = True
-            for family, labels, amount in bucket.amounts:
-                if family != VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
-                    readings.append((bucket.start, (family, *labels), "", amount))
+            began = bucket.start
+            readings += [
+                (began, (family, *labels), "", amount) for family, labels, amount in bucket.amounts if family != level
+            ]
             if costs and bucket.start >= month.month:
                 if bucket.whole:
                     month.replace(bucket.start, bucket.amounts)
