@@ -78,6 +78,8 @@ FAMILIES = (
 def label(result: Mapping[str, Any], field: str) -> str:
     """A grouping field as a label value; null (an organization-level cost, say) is ""."""
     value = result.get(field)
+    if type(value) is str:  # the usual: one test for it alone
+        return value
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -87,6 +89,8 @@ def label(result: Mapping[str, Any], field: str) -> str:
 
 def count(result: Mapping[str, Any], field: str, *, required: bool = True) -> Decimal | None:
     value = result.get(field)
+    if type(value) is int and value >= 0:  # the usual: one test for it alone
+        return Decimal(value)
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -139,12 +143,17 @@ _COMPLETION_TOKENS = (
 
 
 def _tokens(endpoint: str, fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Iterator[Amount]]:
+    # (field, its `type` label, whether required): worked out once, not for each result
+    types = tuple(
+        (field, field.removesuffix("_tokens"), field in ("input_tokens", "output_tokens")) for field in fields
+    )
+
     def amounts(result: Mapping[str, Any]) -> Iterator[Amount]:
         project, model = label(result, "project_id"), label(result, "model")
-        for field in fields:
-            tokens = count(result, field, required=field in ("input_tokens", "output_tokens"))
+        for field, kind, required in types:
+            tokens = count(result, field, required=required)
             if tokens is not None:
-                yield TOKENS.name, (project, model, endpoint, field.removesuffix("_tokens")), tokens
+                yield TOKENS.name, (project, model, endpoint, kind), tokens
         yield REQUESTS.name, (project, model, endpoint), _required(result, "num_model_requests")
 
     return amounts

@@ -112,7 +112,13 @@ def fetch_window(
 
 def amounts_of(results: Iterable[Any], feed: Feed) -> tuple[Amount, ...]:
     """Every amount of a bucket's results (already read once by fetch_window, so valid)."""
-    return tuple(amount for result in results for amount in _amounts(result, feed))
+    amounts: list[Amount] = []
+    read = feed.amounts
+    for result in results:
+        if not isinstance(result, dict):
+            raise Invalid("a result is not a JSON object")
+        amounts.extend(read(result))
+    return tuple(amounts)
 
 
 def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Digest]) -> tuple[bool, str | None]:
@@ -157,12 +163,6 @@ def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
     except Invalid as exc:
         raise Invalid(f"bucket {start}: {exc}") from None
     return Bucket(start, end, (whole, hashes), amounts, results, gone, before is None)
-
-
-def _amounts(result: Any, feed: Feed) -> Iterable[Amount]:
-    if not isinstance(result, dict):
-        raise Invalid("a result is not a JSON object")
-    return feed.amounts(result)
 
 
 def _whole(value: object) -> bool:

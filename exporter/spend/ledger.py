@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 Group = tuple[str, ...]  # the counter's label values, in the feed's label order
+_ZERO = Decimal(0)
 
 
 class Reading(NamedTuple):
@@ -70,23 +71,27 @@ class Ledger:
         """Count the growth of each reading over its mark; with `baseline`, only take the marks."""
         grown: dict[tuple[Group, str], Decimal] = {}
         revisions: list[Revision] = []
+        marks, totals, moved, groups, zero = self.marks, self.totals, self.moved, self._groups, _ZERO
         for bucket, group, measure, amount in readings:
             key = (bucket, group, measure)
-            mark = self.marks.get(key)
+            mark = marks.get(key)
             if mark is None:
-                group = self._groups.setdefault(group, group)
+                group = groups.setdefault(group, group)
                 key = (bucket, group, measure)
-                mark = amount if baseline else Decimal(0)
-                self.marks[key] = mark
-                if (group, measure) not in self.totals:
-                    self.totals[(group, measure)] = Decimal(0)
-                    self.moved.add((group, measure))
+                mark = amount if baseline else zero
+                marks[key] = mark
+                if (group, measure) not in totals:
+                    totals[(group, measure)] = zero
+                    moved.add((group, measure))
             if amount > mark:
-                self.marks[key] = amount
-                counter = (key[1], measure)
-                grown[counter] = grown.get(counter, Decimal(0)) + amount - mark
-                self.totals[counter] = self.totals.get(counter, Decimal(0)) + amount - mark
-                self.moved.add(counter)
+                marks[key] = amount
+                growth = amount - mark
+                # The ledger's own tuple, not the reading's: the counter's every later lookup, here
+                # and in the renderer, then finds its labels the same objects and compares no text.
+                counter = (groups.get(group, group), measure)
+                grown[counter] = grown.get(counter, zero) + growth
+                totals[counter] = totals.get(counter, zero) + growth
+                moved.add(counter)
             elif amount < mark:
                 revisions.append(Revision(bucket, group, measure, mark, amount))
         self.started = True

@@ -46,7 +46,11 @@ MONTH_KEY = "month_to_date"  # beside the feeds' ledgers in the state file's `sp
 @contextmanager
 def paused_collector() -> Iterator[None]:
     """The cyclic garbage collector paused: a page's parse allocates enough objects to start
-    several full collections, each walking every ledger's marks, and finds no cycle to free."""
+    several full collections, each walking every ledger's marks, and finds no cycle to free.
+
+    Paused for a whole poll, not one feed at a time: a feed's parsed pages live until the next
+    feed's replace them, and a collection between the two would walk them all, to free nothing
+    that reference counting does not free anyway."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -141,7 +145,8 @@ class SpendPoller:
     def poll(self) -> None:
         lower_thread_priority()
         try:
-            self._poll()
+            with paused_collector():
+                self._poll()
         except PollCancelled:
             return
         except Exception as exc:  # a bug must not kill the schedule nor print a traceback
@@ -160,9 +165,8 @@ class SpendPoller:
         for feed in self.feeds:
             start = self.start_of(feed, now)
             try:
-                with paused_collector():
-                    buckets, requests = self.fetch(feed, start)
-                    self.count(feed, buckets, start, now)
+                buckets, requests = self.fetch(feed, start)
+                self.count(feed, buckets, start, now)
             except PollCancelled:
                 return
             except PollError as exc:
@@ -180,9 +184,7 @@ class SpendPoller:
                 return
             self._unsaved = False
         if self._unpublished:  # a poll that moved nothing publishes nothing: the last part stands
-            with paused_collector():
-                part = self.compose()
-            self._publish(part)
+            self._publish(self.compose())
             self._unpublished = False
 
     # -- a poll's steps, one feed at a time (also timed one by one by bench/spend.py) -------------
@@ -224,14 +226,16 @@ class SpendPoller:
         ledger = self.ledgers[feed.endpoint]
         costs = feed.endpoint == "costs"
         month = self._months
-        readings = []
+        readings: list[tuple[int, tuple[str, ...], str, Decimal]] = []
+        level = VECTOR_BYTES.name  # a level, not a flow: the newest bucket's, not counted
         for bucket in buckets:
             if bucket.amounts is None:
                 continue
             self._unsaved = self._unpublished = True
-            for family, labels, amount in bucket.amounts:
-                if family != VECTOR_BYTES.name:  # a level, not a flow: the newest bucket's
-                    readings.append((bucket.start, (family, *labels), "", amount))
+            began = bucket.start
+            readings += [
+                (began, (family, *labels), "", amount) for family, labels, amount in bucket.amounts if family != level
+            ]
             if costs and bucket.start >= month.month:
                 if bucket.whole:
                     month.replace(bucket.start, bucket.amounts)
