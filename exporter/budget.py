@@ -224,5 +224,11 @@ class RequestBudget:
 
     def _set_rate(self, rate: float) -> None:
         self.rate = rate
-        if per_second(rate) != self._recent.maxlen:
-            self._recent = deque(self._recent, maxlen=per_second(rate))  # keeps the latest slots
+        share = per_second(rate)
+        if self._recent.maxlen is not None and share < self._recent.maxlen:
+            # Slowed by a 429: the slots already given kept the old rate's bound; the new one
+            # counts from here, beside the spacing and the Retry-After, which a retry waits for
+            # rather than for slots given before the upstream asked us to slow down.
+            self._recent = deque(maxlen=share)
+        elif share != self._recent.maxlen:
+            self._recent = deque(self._recent, maxlen=share)  # faster again: keeps the latest slots

@@ -32,7 +32,8 @@ This document is generated from the fault tests' table (`ROWS` in `tests/support
 regenerate it after changing the table with `{COMMAND}`. A test fails when the two differ.
 
 Each row is one fault that `tests/test_faults.py` injects into a running exporter process
-through a simulated organization on loopback. The exporter runs with `--poll.interval {POLL_INTERVAL:g}s`,
+through a simulated organization on loopback. The exporter reads the project list alone (its
+collectors, each with a table below, off) with `--poll.interval {POLL_INTERVAL:g}s`,
 `--poll.timeout {POLL_TIMEOUT:g}s`, `--api.timeout {API_TIMEOUT:g}s` and `--api.max-retries {MAX_RETRIES}`; the
 organization has {MATRIX_PROJECTS} projects, three pages of 100. The fault takes effect at the first page of a
 poll and holds until the test removes it.
