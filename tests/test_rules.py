@@ -87,6 +87,7 @@ def test_every_alert_is_documented_and_tested_firing():
         "OpenAIProjectDailySpendSpike",
         "OpenAIFailedLoginBurst",
         "OpenAIAPIKeyCreated",
+        "OpenAIAdminApiKeyCreated",
         "OpenAIAuditLogDown",
     } <= names
     documented = set(re.findall(r"^\| `(\w+)` \|", ALERTS_DOC.read_text(), re.MULTILINE))
