@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-import orjson
-
 from exporter.audit.events import EVENT_TYPES, TENANT_EVENT_TYPES, Event, parse_event
-from exporter.collectors.base import Invalid
+from exporter.collectors.base import Invalid, page_of
 from exporter.upstream import PAGE_SIZE, ApiClient, Params, PollError
 
 PATH = "/organization/audit_logs"
@@ -91,15 +89,5 @@ def _advanced(position: Position, events: list[Event]) -> Position:
 
 
 def _page(body: bytes) -> tuple[list[Event], bool, str | None]:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise Invalid("the response is not JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise Invalid("`data` is not a list")
-    more, last_id = document.get("has_more"), document.get("last_id")
-    if not isinstance(more, bool):
-        raise Invalid("`has_more` is not a boolean")
-    if last_id is not None and not isinstance(last_id, str):
-        raise Invalid("`last_id` is not a string")
-    return [parse_event(item) for item in document["data"]], more, last_id
+    data, more, last_id = page_of(body, "last_id")
+    return [parse_event(item) for item in data], more, last_id

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+import orjson
 from prometheus_client.core import Metric
 
 from exporter.exposition import SOURCE, escape_label_value, format_value
@@ -141,6 +142,23 @@ def number(item: Mapping[str, Any], key: str, what: str, *, required: bool = Tru
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise Invalid(f"{what}: `{key}` is not a number")
     return value
+
+
+def page_of(body: bytes, cursor: str) -> tuple[list[Any], bool, str | None]:
+    """A page's envelope: its `data`, `has_more`, and the next page's cursor, named `cursor`
+    (`last_id` for a list, `next_page` for buckets); Invalid for anything else."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Invalid("the response is not JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise Invalid("`data` is not a list")
+    more, following = document.get("has_more"), document.get(cursor)
+    if not isinstance(more, bool):
+        raise Invalid("`has_more` is not a boolean")
+    if following is not None and not isinstance(following, str):
+        raise Invalid(f"`{cursor}` is not a string")
+    return document["data"], more, following
 
 
 def unique(records: Iterable[R], what: str, project_id: str) -> tuple[R, ...]:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from exporter.collectors.base import Invalid
+from exporter.collectors.base import Invalid, page_of
 from exporter.spend.feeds import Amount, Feed
 from exporter.upstream import ApiClient, PollError
 
@@ -122,18 +122,8 @@ def amounts_of(results: Iterable[Any], feed: Feed) -> tuple[Amount, ...]:
 
 
 def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Digest]) -> tuple[bool, str | None]:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise Invalid("the response is not JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise Invalid("`data` is not a list")
-    more, page = document.get("has_more"), document.get("next_page")
-    if not isinstance(more, bool):
-        raise Invalid("`has_more` is not a boolean")
-    if page is not None and not isinstance(page, str):
-        raise Invalid("`next_page` is not a string")
-    for bucket in document["data"]:
+    data, more, page = page_of(body, "next_page")
+    for bucket in data:
         into.append(_bucket(bucket, feed, known))
     return more, page
 
