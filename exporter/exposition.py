@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeAlias
 
+from isal import isal_zlib
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -44,6 +45,7 @@ from exporter.snapshot import ACTIVE, ARCHIVED, Project, Snapshot
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 AGE_BUCKETS = tuple(days * 86400.0 for days in (1, 7, 30, 90, 180, 365, 730))
+FAST_LEVEL = 2  # ISA-L's levels are 0 to 3; 3 takes several times the CPU of 2
 GZIP_LEVEL = 6  # zlib's default: only changed runs of projects are compressed again at each poll
 SOURCE = "from the last successful background poll of the OpenAI Admin API"
 
@@ -170,6 +172,16 @@ def deflate(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     """
     compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def deflate_fast(data: bytes) -> bytes:
+    """Like `deflate`, for bodies compressed again at nearly every poll, as most of the spend's are.
+
+    ISA-L's deflate at its level 2: about a fifth of the CPU of zlib's fastest level, for
+    about as many bytes. Its pieces concatenate with zlib's as zlib's do with each other.
+    """
+    compressor = isal_zlib.compressobj(FAST_LEVEL, isal_zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush(isal_zlib.Z_SYNC_FLUSH)
 
 
 def deflate_final(data: bytes) -> bytes:
