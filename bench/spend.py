@@ -522,8 +522,8 @@ def _profile_summary(profile: cProfile.Profile, top: int = 20) -> list[dict]:
 
 ANATOMY = (
     "HTTP: request and read the body",
-    "JSON parse (orjson.loads)",
-    "result hashes and new results' amounts (the rest of SpendPoller.fetch)",
+    "for reference, not a step: every page's JSON parsed (orjson.loads), as the parsed client does",
+    "the rest of SpendPoller.fetch: the parse of what changed, result hashes, new results' rows",
     "count: ledgers, month sums (SpendPoller.count)",
     "render (SpendPoller.compose)",
     "garbage collector, in all of these",
@@ -533,10 +533,11 @@ ANATOMY = (
 def anatomy(poller: InProcessPoller, client: ReadOnlyClient, base_url: str) -> dict:
     """One poll's steps done by hand, as SpendPoller.poll does them, each timed without a profiler.
 
-    Per feed, through the poller's public steps: SpendPoller.fetch (request, read, parse, then
-    the result hashes and the amounts of the new results: what it takes beyond the next two),
-    the read-only client's request and read of the same pages (the limits the upstream logged),
-    orjson.loads of the same bodies, SpendPoller.count; then SpendPoller.compose. The fetch and
+    Per feed, through the poller's public steps: SpendPoller.fetch (request, read, the parse
+    of the buckets that changed, the result hashes and the rows of the new results: what it
+    takes beyond the next step), the read-only client's request and read of the same pages
+    (the limits the upstream logged), orjson.loads of the same bodies (for reference: the
+    poll parses less), SpendPoller.count; then SpendPoller.compose. The fetch and
     the count run with the collector paused, as in a poll. Each step's CPU is counted without
     the garbage collector's, which has a row of its own (that of fetch, count and compose: the
     client's steps are done again by fetch). The poller's state moves on as in a poll. Process
@@ -567,15 +568,15 @@ def anatomy(poller: InProcessPoller, client: ReadOnlyClient, base_url: str) -> d
             start = sp.start_of(feed, now)
             _control(base_url, "/bench/requests")  # empty the log
             with paused_collector():
-                cpu_fetch, gc_fetch, (buckets, _) = timed(sp.fetch, feed, start)
+                cpu_fetch, gc_fetch, read_window = timed(sp.fetch, feed, start)
             [(_, path, asked, limits)] = plan(_control(base_url, "/bench/requests"))
             cpu_read, _, (bodies, _) = timed(client.pages, by_path[path], asked, False, limits)
             cpu_parse, _, _ = timed(parse_all, bodies)
             with paused_collector():
-                cpu_count, gc_count, _ = timed(sp.count, feed, buckets, start, now)
+                cpu_count, gc_count, _ = timed(sp.count, feed, read_window, start, now)
             spent[read] += cpu_read
             spent[parse] += cpu_parse
-            spent[fetched] += cpu_fetch - cpu_read - cpu_parse
+            spent[fetched] += cpu_fetch - cpu_read
             spent[count] += cpu_count
             spent[collected] += gc_fetch + gc_count
         cpu_render, gc_render, _ = timed(sp.compose)
@@ -972,7 +973,7 @@ def render(results: dict) -> str:
         )
         steps = c["anatomy"]
         rows = []
-        totals = {kind: sum(steps[kind].values()) for kind in steps}
+        totals = {kind: sum(v for stage, v in steps[kind].items() if stage != ANATOMY[1]) for kind in steps}
         for stage in ANATOMY:
             rows.append([stage, *(f"{steps[k][stage]:.3f} ({steps[k][stage] / totals[k]:.0%})" for k in steps)])
         rows.append(["**sum**", *(f"{totals[k]:.3f}" for k in steps)])

@@ -6,7 +6,6 @@ from decimal import Decimal
 
 import pytest
 
-from exporter.spend.feeds import COST
 from exporter.spend.fetch import Sizing
 from exporter.spend.month import DAY, MonthToDate
 
@@ -15,7 +14,7 @@ A, B = ("proj_a", "gpt-4o, input", "usd"), ("proj_b", "gpt-4o, input", "usd")
 
 
 def cost(labels, amount):
-    return (COST.name, labels, Decimal(amount))
+    return (labels, Decimal(amount))
 
 
 def test_buckets_that_leave_the_window_join_the_final_sums_once():

@@ -285,13 +285,20 @@ def test_a_bucket_that_came_back_unchanged_is_not_read_again(rig):
     for day in range(0, 15):
         r.buckets.cost(day, "proj_a", "1.5")
         r.buckets.cost(day, "proj_b", "1")
-    first, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10)
-    assert all(bucket.amounts for bucket in first)
+    first = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10)
+    assert all(bucket.rows for bucket in first.buckets)
     r.buckets.set_cost(14, "2")
-    again, _ = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, {b.start: b.digest for b in first})
-    assert [b.amounts is not None for b in again] == [False] * 14 + [True]  # only the one that changed
-    [(_, labels, amount)] = again[-1].amounts  # and of it, only the result that changed
-    assert (labels[0], amount, again[-1].gone) == ("proj_a", Decimal(2), 1)
+    known = {b.start: b.digest for b in first.buckets}
+    again = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, known)
+    assert [b.rows is not None for b in again.buckets] == [False] * 14 + [True]  # only the one that changed
+    [(labels, (amount,))] = again.buckets[-1].rows  # and of it, only the result that changed
+    assert (labels[0], amount, again.buckets[-1].gone) == ("proj_a", Decimal(2), 1)
+    # With the pages of the first reading, the 14 buckets whose bytes came back the same are not parsed:
+    # they are the ones that reading found, and the rest is what a whole parse finds.
+    paged = fetch_window(r.client, COSTS, month_start(NOW), 1e12, 10, known, read=first.pages)
+    found = [bucket for page in first.pages.values() for bucket in page.buckets]
+    assert all(b is f for b, f in zip(paged.buckets[:14], found, strict=False)) and len(first.pages) > 1
+    assert [(b.start, b.end, b.rows) for b in paged.buckets] == [(b.start, b.end, b.rows) for b in again.buckets]
     # And the month's sums follow the one bucket read again.
     r.poller.poll()
     r.buckets.set_cost(14, "2.5")

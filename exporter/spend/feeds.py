@@ -1,22 +1,28 @@
 """The bucket feeds: the costs endpoint and the ten usage endpoints, and what each result counts.
 
-A feed is a row: its collector (`costs` or `usage`), its endpoint, its path, what it groups
-by, and a function from one result object to its amounts, each an (family, label values,
-amount). Groups are chosen for bounded cardinality: project, model and what the endpoint
-offers that is small and fixed (an image's size and source, a web search's context level);
-never a user, a key or a vector store, which grow without end.
+A feed is a row of the table below: its collector (`costs` or `usage`), its endpoint, its
+path, what it groups by, and its columns. A result of a bucket is read as one row: its
+grouping values (the row's key) and one cell per column, None where the result omits an
+optional count. A column names the family it counts toward and which of the row's values
+label it, so several rows may count toward one series: an image's requests are counted
+per model, whatever its size. Groups are chosen for bounded cardinality: project, model and
+what the endpoint offers that is small and fixed (an image's size and source, a web search's
+context level); never a user, a key or a vector store, which grow without end.
+
+Reading a result is the hot path of a poll: its values are taken in one pass and checked
+for their usual types at once; only a result that fails that is read field by field, for
+the reason to give.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from exporter.collectors.base import Invalid
-
-Amount = tuple[str, tuple[str, ...], Decimal]  # (family, label values, amount)
+from exporter.spend.ledger import Cells, Group, Key
 
 
 @dataclass(frozen=True)
@@ -25,16 +31,6 @@ class Family:
     help: str
     labels: tuple[str, ...]
     kind: str = "counter"  # or "gauge": the newest bucket's value (vector store bytes)
-
-
-@dataclass(frozen=True)
-class Feed:
-    collector: str
-    endpoint: str
-    path: str
-    group_by: tuple[str, ...]
-    limit: int  # the most daily buckets a page may hold
-    amounts: Callable[[Mapping[str, Any]], Iterator[Amount]]
 
 
 # -- families -----------------------------------------------------------------------------------
@@ -72,30 +68,46 @@ FAMILIES = (
     VECTOR_BYTES,
 )
 
-# -- reading results ----------------------------------------------------------------------------
+# -- columns and rows ---------------------------------------------------------------------------
 
 
-def label(result: Mapping[str, Any], field: str) -> str:
+@dataclass(frozen=True)
+class Column:
+    family: Family
+    field: str  # the result's field, or "amount" for money
+    required: bool = True
+    take: int | None = None  # the series' labels: the row's first `take` values (all: None), then...
+    suffix: tuple[str, ...] = ()  # ...these
+
+    def series(self, key: Key) -> Group:
+        return (self.family.name, *key[: self.take], *self.suffix)
+
+
+_STRINGS = {str}
+_COUNTS = {int, type(None)}
+
+
+def label(result: Mapping[str, Any], name: str) -> str:
     """A grouping field as a label value; null (an organization-level cost, say) is ""."""
-    value = result.get(field)
+    value = result.get(name)
     if type(value) is str:  # the usual: one test for it alone
         return value
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise Invalid(f"`{field}` is not a string")
+        raise Invalid(f"`{name}` is not a string")
     return str(value)
 
 
-def count(result: Mapping[str, Any], field: str, *, required: bool = True) -> Decimal | None:
-    value = result.get(field)
+def count(result: Mapping[str, Any], name: str, *, required: bool = True) -> int | None:
+    value = result.get(name)
     if type(value) is int and value >= 0:  # the usual: one test for it alone
-        return Decimal(value)
+        return value
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Invalid(f"`{field}` is not a whole number")
-    return Decimal(value)
+        raise Invalid(f"`{name}` is not a whole number")
+    return int(value)
 
 
 def money(result: Mapping[str, Any]) -> tuple[Decimal, str]:
@@ -118,9 +130,66 @@ def money(result: Mapping[str, Any]) -> tuple[Decimal, str]:
     return decimal, currency
 
 
-def _costs(result: Mapping[str, Any]) -> Iterator[Amount]:
+def _counts(keys: tuple[str, ...], columns: tuple[Column, ...]) -> Callable[[Mapping[str, Any]], tuple[Key, Cells]]:
+    """A reader of results whose cells are whole numbers: the usage endpoints'."""
+    fields = tuple(column.field for column in columns)
+    required = tuple(place for place, column in enumerate(columns) if column.required)
+    get_keys = (lambda result: tuple(map(result.get, keys))) if len(keys) > 1 else None
+
+    def read(result: Mapping[str, Any]) -> tuple[Key, Cells]:
+        key = get_keys(result) if get_keys is not None else (result.get(keys[0]),)
+        cells = tuple(map(result.get, fields))
+        # The usual result, checked in three C passes: strings for the key, whole numbers (or
+        # null) for the cells, none below zero and no required one missing.
+        if (
+            set(map(type, key)) <= _STRINGS
+            and set(map(type, cells)) <= _COUNTS
+            and (None not in cells or all(cells[place] is not None for place in required))
+            and min(filter(None, cells), default=0) >= 0  # zeros and nulls left out
+        ):
+            return key, cells
+        return (
+            tuple(label(result, name) for name in keys),
+            tuple(count(result, column.field, required=column.required) for column in columns),
+        )
+
+    return read
+
+
+def _costs(result: Mapping[str, Any]) -> tuple[Key, Cells]:
     value, currency = money(result)
-    yield COST.name, (label(result, "project_id"), label(result, "line_item"), currency), value
+    return (label(result, "project_id"), label(result, "line_item"), currency), (value,)
+
+
+@dataclass(frozen=True)
+class Feed:
+    collector: str
+    endpoint: str
+    path: str
+    group_by: tuple[str, ...]
+    limit: int  # the most daily buckets a page may hold
+    columns: tuple[Column, ...]
+    read: Callable[[Mapping[str, Any]], tuple[Key, Cells]] = field(compare=False)
+
+    def series(self, key: Key) -> tuple[Group, ...]:
+        """The series each column of a row counts toward."""
+        return tuple(column.series(key) for column in self.columns)
+
+    @property
+    def whole(self) -> bool:
+        """Whether every amount is a count, an int: all but money."""
+        return all(column.field != "amount" for column in self.columns)
+
+    @property
+    def level(self) -> bool:
+        """A feed of a level (vector store bytes), not of flows: its newest bucket is a gauge."""
+        return self.columns[0].family.kind == "gauge"
+
+
+def _usage(
+    endpoint: str, group_by: tuple[str, ...], columns: tuple[Column, ...], keys: tuple[str, ...] | None = None
+) -> Feed:
+    return Feed("usage", endpoint, USAGE + endpoint, group_by, 31, columns, _counts(keys or group_by, columns))
 
 
 # Completions report these token counts; the `type` label is the field without `_tokens`.
@@ -140,134 +209,42 @@ _COMPLETION_TOKENS = (
     "input_cached_image_tokens",
     "output_image_tokens",
 )
+_PER_MODEL = ("project_id", "model")
 
 
-def _tokens(endpoint: str, fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Iterator[Amount]]:
-    # (field, its `type` label, whether required): worked out once, not for each result
-    types = tuple(
-        (field, field.removesuffix("_tokens"), field in ("input_tokens", "output_tokens")) for field in fields
+def _tokens(endpoint: str, fields: tuple[str, ...]) -> Feed:
+    """A row per project and model: each token count, then the model requests."""
+    columns = tuple(
+        Column(TOKENS, name, name in ("input_tokens", "output_tokens"), suffix=(endpoint, name.removesuffix("_tokens")))
+        for name in fields
     )
-
-    def amounts(result: Mapping[str, Any]) -> Iterator[Amount]:
-        project, model = label(result, "project_id"), label(result, "model")
-        for field, kind, required in types:
-            tokens = count(result, field, required=required)
-            if tokens is not None:
-                yield TOKENS.name, (project, model, endpoint, kind), tokens
-        yield REQUESTS.name, (project, model, endpoint), _required(result, "num_model_requests")
-
-    return amounts
+    return _usage(endpoint, _PER_MODEL, (*columns, _requests(endpoint)))
 
 
-def _required(result: Mapping[str, Any], field: str) -> Decimal:
-    value = count(result, field)
-    assert value is not None
-    return value
-
-
-def _images(result: Mapping[str, Any]) -> Iterator[Amount]:
-    project, model = label(result, "project_id"), label(result, "model")
-    yield IMAGES.name, (project, model, label(result, "size"), label(result, "source")), _required(result, "images")
-    yield REQUESTS.name, (project, model, "images"), _required(result, "num_model_requests")
-
-
-def _per_model(family: Family, field: str, endpoint: str) -> Callable[[Mapping[str, Any]], Iterator[Amount]]:
-    def amounts(result: Mapping[str, Any]) -> Iterator[Amount]:
-        project, model = label(result, "project_id"), label(result, "model")
-        yield family.name, (project, model), _required(result, field)
-        yield REQUESTS.name, (project, model, endpoint), _required(result, "num_model_requests")
-
-    return amounts
-
-
-def _per_project(family: Family, field: str) -> Callable[[Mapping[str, Any]], Iterator[Amount]]:
-    def amounts(result: Mapping[str, Any]) -> Iterator[Amount]:
-        yield family.name, (label(result, "project_id"),), _required(result, field)
-
-    return amounts
-
-
-def _web_searches(result: Mapping[str, Any]) -> Iterator[Amount]:
-    project, model = label(result, "project_id"), label(result, "model")
-    yield WEB_SEARCHES.name, (project, model, label(result, "context_level")), _required(result, "num_requests")
-    yield REQUESTS.name, (project, model, "web_search_calls"), _required(result, "num_model_requests")
+def _requests(endpoint: str, take: int | None = None) -> Column:
+    return Column(REQUESTS, "num_model_requests", take=take, suffix=(endpoint,))
 
 
 USAGE = "/organization/usage/"
 FEEDS = (
-    Feed("costs", "costs", "/organization/costs", ("project_id", "line_item"), 180, _costs),
-    Feed(
-        "usage",
-        "completions",
-        USAGE + "completions",
-        ("project_id", "model"),
-        31,
-        _tokens("completions", _COMPLETION_TOKENS),
+    Feed("costs", "costs", "/organization/costs", ("project_id", "line_item"), 180, (Column(COST, "amount"),), _costs),
+    _tokens("completions", _COMPLETION_TOKENS),
+    _tokens("embeddings", ("input_tokens",)),
+    _tokens("moderations", ("input_tokens",)),
+    _usage(
+        "images",
+        ("project_id", "model", "size", "source"),
+        (Column(IMAGES, "images"), _requests("images", take=2)),
     ),
-    Feed(
-        "usage",
-        "embeddings",
-        USAGE + "embeddings",
-        ("project_id", "model"),
-        31,
-        _tokens("embeddings", ("input_tokens",)),
-    ),
-    Feed(
-        "usage",
-        "moderations",
-        USAGE + "moderations",
-        ("project_id", "model"),
-        31,
-        _tokens("moderations", ("input_tokens",)),
-    ),
-    Feed("usage", "images", USAGE + "images", ("project_id", "model", "size", "source"), 31, _images),
-    Feed(
-        "usage",
-        "audio_speeches",
-        USAGE + "audio_speeches",
-        ("project_id", "model"),
-        31,
-        _per_model(AUDIO_CHARACTERS, "characters", "audio_speeches"),
-    ),
-    Feed(
-        "usage",
-        "audio_transcriptions",
-        USAGE + "audio_transcriptions",
-        ("project_id", "model"),
-        31,
-        _per_model(AUDIO_SECONDS, "seconds", "audio_transcriptions"),
-    ),
-    Feed(
-        "usage",
-        "vector_stores",
-        USAGE + "vector_stores",
-        ("project_id",),
-        31,
-        _per_project(VECTOR_BYTES, "usage_bytes"),
-    ),
-    Feed(
-        "usage",
-        "code_interpreter_sessions",
-        USAGE + "code_interpreter_sessions",
-        ("project_id",),
-        31,
-        _per_project(SESSIONS, "num_sessions"),
-    ),
-    Feed(
-        "usage",
-        "file_search_calls",
-        USAGE + "file_search_calls",
-        ("project_id",),
-        31,
-        _per_project(FILE_SEARCHES, "num_requests"),
-    ),
-    Feed(
-        "usage",
+    _usage("audio_speeches", _PER_MODEL, (Column(AUDIO_CHARACTERS, "characters"), _requests("audio_speeches"))),
+    _usage("audio_transcriptions", _PER_MODEL, (Column(AUDIO_SECONDS, "seconds"), _requests("audio_transcriptions"))),
+    _usage("vector_stores", ("project_id",), (Column(VECTOR_BYTES, "usage_bytes"),)),
+    _usage("code_interpreter_sessions", ("project_id",), (Column(SESSIONS, "num_sessions"),)),
+    _usage("file_search_calls", ("project_id",), (Column(FILE_SEARCHES, "num_requests"),)),
+    _usage(
         "web_search_calls",
-        USAGE + "web_search_calls",
         ("project_id", "model", "context_level"),
-        31,
-        _web_searches,
+        (Column(WEB_SEARCHES, "num_requests"), _requests("web_search_calls", take=2)),
     ),
 )
 USAGE_ENDPOINTS = tuple(feed.endpoint for feed in FEEDS if feed.collector == "usage")

@@ -8,18 +8,25 @@ month would be published as the month's).
 Each page asks for as many buckets as fit in half the response-size bound, judged by the
 largest bucket seen so far (`Sizing`): a month of an organization's costs can be many times
 the bound, a page of it must not be.
+
+Most of a window comes back as it was, and the buckets are in time order, so a page's
+changes are at its end, in the newest bucket. A page whose bytes up to a bucket are those
+of its last reading holds the buckets that reading found there, as they were: only the rest
+is parsed (`Page`). Parsing is most of what a read costs beyond the bytes themselves.
 """
 
 from __future__ import annotations
 
+import re
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
 from exporter.collectors.base import Invalid, page_of
-from exporter.spend.feeds import Amount, Feed
+from exporter.spend.feeds import Feed
+from exporter.spend.ledger import Cells, Key
 from exporter.upstream import ApiClient, PollError
 
 # The hash of a bucket's results, and of each one: Python's hash of the serialised JSON. A
@@ -31,10 +38,39 @@ class Bucket(NamedTuple):
     start: int
     end: int
     digest: Digest  # to tell at the next poll the bucket, or its results, that came back unchanged
-    amounts: tuple[Amount, ...] | None  # of the results new since the last poll; None: the bucket as it was
-    results: Sequence[Any]  # parsed, for a reader that needs every result's amounts (amounts_of)
+    rows: tuple[tuple[Key, Cells], ...] | None  # the results new since the last poll; None: the bucket as it was
+    results: Sequence[Any]  # parsed, for a reader that needs every result's row (rows_of)
     gone: int  # results of the last poll's bucket that are not among these (changed or vanished)
-    whole: bool  # whether `amounts` are every result's: the bucket was not known
+    whole: bool  # whether `rows` are every result's: the bucket was not known
+
+
+class Page(NamedTuple):
+    """What a page's reading found, for the next reading of the page at the same place in the walk.
+
+    `keys` are the offsets of each bucket's `"start_time"` key, the only ones in the page;
+    `before` the hash of the bytes before each. Bytes equal up to a key mean the buckets
+    before it are the ones found there, unchanged; and as a key is within its bucket, the
+    bucket's opening brace is the last one before it (anything else fails the parse of the
+    rest, which is then parsed whole).
+    """
+
+    size: int
+    whole: int  # the hash of the whole body
+    keys: tuple[int, ...]
+    before: tuple[int, ...]
+    buckets: tuple[Bucket, ...]  # as found, without their results
+    more: bool
+    page: str | None
+
+
+class Window(NamedTuple):
+    buckets: list[Bucket]
+    requests: int
+    pages: dict[int, Page]  # each page's reading by its place in the walk, for the next poll's
+
+
+_KEY = b'"start_time"'
+_KEY_VALUE = re.compile(rb'"start_time"\s*:\s*(\d{1,12})[\s,}]')
 
 
 class Sizing:
@@ -68,15 +104,18 @@ def fetch_window(
     max_pages: int,
     known: Mapping[int, Digest] | None = None,
     sizing: Sizing | None = None,
-) -> tuple[list[Bucket], int]:
-    """The feed's daily buckets from `start` to now, and the requests it took.
+    read: Mapping[int, Page] | None = None,
+) -> Window:
+    """The feed's daily buckets from `start` to now, the requests it took, and what each page held.
 
     Most results of a window come back as they were: a bucket whose hash is the one `known`
     holds for it has no amounts, and in a bucket that changed, a result whose hash is among
     those of its last reading is not read again. Serialising parsed results and hashing them
-    runs in C, at a fraction of the cost of reading their amounts.
+    runs in C, at a fraction of the cost of reading their amounts. `read` holds the pages of
+    the last poll's walk.
     """
     buckets: list[Bucket] = []
+    pages: dict[int, Page] = {}
     page: str | None = None
     seen: set[str | None] = set()
     requests = 0
@@ -98,34 +137,86 @@ def fetch_window(
         requests += 1
         answer = client.get(client.base_url + feed.path, params, deadline, where={"path": feed.path, "page": page})
         had = len(buckets)
+        place = len(pages)
         try:
-            more, page = _page(answer.content, feed, buckets, known or {})
+            pages[place] = _page(answer.content, feed, buckets, known or {}, (read or {}).get(place))
+            more, page = pages[place].more, pages[place].page
         except Invalid as exc:
             raise PollError("invalid_response", f"{feed.path}: {exc}", answer.headers.get("x-request-id")) from None
         if sizing is not None:
             sizing.saw(len(answer.content), len(buckets) - had)
         if not more:
-            return buckets, requests
+            return Window(buckets, requests, pages)
         if page is None:
             raise PollError("pagination", f"{feed.path}: `has_more` is true but there is no `next_page`")
 
 
-def amounts_of(results: Iterable[Any], feed: Feed) -> tuple[Amount, ...]:
-    """Every amount of a bucket's results (already read once by fetch_window, so valid)."""
-    amounts: list[Amount] = []
-    read = feed.amounts
-    for result in results:
-        if not isinstance(result, dict):
-            raise Invalid("a result is not a JSON object")
-        amounts.extend(read(result))
-    return tuple(amounts)
+def rows_of(results: Sequence[Any], feed: Feed) -> tuple[tuple[Key, Cells], ...]:
+    """Each result of a bucket as a row: its key and its cells."""
+    read = feed.read
+    if not all(type(result) is dict for result in results):
+        raise Invalid("a result is not a JSON object")
+    return tuple(map(read, results))
 
 
-def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Digest]) -> tuple[bool, str | None]:
-    data, more, page = page_of(body, "next_page")
-    for bucket in data:
-        into.append(_bucket(bucket, feed, known))
-    return more, page
+def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Digest], last: Page | None) -> Page:
+    """A page's buckets into `into`; parsed from the first one whose bytes are not as `last` found them."""
+    if last is not None and len(body) == last.size and hash(body) == last.whole:
+        into.extend(last.buckets)  # the page as it was: nothing to parse
+        return last
+    same = _same_start(body, last)
+    data: list[Any] | None = None
+    if same:
+        assert last is not None
+        brace = body.rfind(b"{", 0, last.keys[same])
+        try:  # the rest, as the page's tail: `{"data": [` and the buckets from there on
+            data, more, page = page_of(b'{"data": [' + body[brace:], "next_page")
+        except Invalid:
+            data = None
+    if data is None:
+        same = 0
+        data, more, page = page_of(body, "next_page")
+    reused = last.buckets[:same] if last is not None else ()
+    buckets = [*reused, *(_bucket(item, feed, known) for item in data)]
+    into.extend(buckets)
+    return _read(body, buckets, last, same, more, page)
+
+
+def _same_start(body: bytes, last: Page | None) -> int:
+    """How many buckets begin the page as they began it at `last`: its bytes equal up to the next one's key."""
+    if last is None or len(last.keys) < 2:
+        return 0
+    view = memoryview(body)
+    low, high = (
+        0,
+        len(last.keys) - 1,
+    )  # the answer is in [low, high]; equal bytes up to a key mean up to every earlier one
+    while low < high:
+        middle = (low + high + 1) // 2
+        key = last.keys[middle]
+        if body.startswith(_KEY, key) and hash(view[:key]) == last.before[middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _read(body: bytes, buckets: list[Bucket], last: Page | None, same: int, more: bool, page: str | None) -> Page:
+    """What the next reading of this page may take as it was; no keys when any is not a bucket's own."""
+    keys = list(last.keys[:same]) if last is not None else []
+    at = keys[-1] + len(_KEY) if keys else 0
+    while (at := body.find(_KEY, at)) >= 0:
+        keys.append(at)
+        at += len(_KEY)
+    found = [_KEY_VALUE.match(body, key) for key in keys[same:]]
+    if len(keys) != len(buckets) or not all(
+        match is not None and int(match[1]) == bucket.start for match, bucket in zip(found, buckets[same:], strict=True)
+    ):
+        keys = []  # a `"start_time"` within a result, or spelled otherwise: this page is always parsed whole
+    view = memoryview(body)
+    before = [*(last.before[:same] if last is not None and keys else ()), *(hash(view[:key]) for key in keys[same:])]
+    found_buckets = tuple(bucket._replace(rows=None, results=(), gone=0, whole=False) for bucket in buckets)
+    return Page(len(body), hash(body), tuple(keys), tuple(before), found_buckets, more, page)
 
 
 def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
@@ -149,10 +240,10 @@ def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
         new = [result for result, fresh in zip(results, map(old.__contains__, hashes), strict=True) if not fresh]
         gone = sum(1 for h in before if h not in now)
     try:
-        amounts = amounts_of(new, feed)
+        rows = rows_of(new, feed)
     except Invalid as exc:
         raise Invalid(f"bucket {start}: {exc}") from None
-    return Bucket(start, end, (whole, hashes), amounts, results, gone, before is None)
+    return Bucket(start, end, (whole, hashes), rows, results, gone, before is None)
 
 
 def _whole(value: object) -> bool:

@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from exporter.spend.feeds import Amount
+from exporter.spend.ledger import Number
 
 DAY = 86_400
 Labels = tuple[str, ...]  # (project, line item, currency)
-Part = dict[Labels, Decimal]
+Part = dict[Labels, Number]
+Amount = tuple[Labels, Number]  # a cost result's series and amount
 
 
 class MonthToDate:
@@ -32,6 +33,8 @@ class MonthToDate:
         self.parts: dict[int, Part] = {}  # buckets from `until` on: each one's share, as last read
         self.totals: Part = {}  # final and parts together: the gauges
         self.complete = False  # whether the parts were read since the month began or was loaded
+        # The series whose totals changed since take_moved(); None: any may have, or gone.
+        self.moved: set[Labels] | None = None
         self._summed: set[int] = set()  # buckets with two results of one series: never updated in part
         self._labels: dict[Labels, Labels] = {}  # one tuple per series, shared by every bucket's share
 
@@ -63,7 +66,7 @@ class MonthToDate:
         part: Part = {}
         count = 0
         shared = self._labels
-        for _family, labels, amount in amounts:
+        for labels, amount in amounts:
             labels = shared.setdefault(labels, labels)
             part[labels] = part.get(labels, Decimal(0)) + amount
             count += 1
@@ -86,22 +89,32 @@ class MonthToDate:
             return False
         part = self.parts[bucket]
         fresh = list(amounts)
-        series = {labels for _family, labels, _amount in fresh}
+        series = {labels for labels, _amount in fresh}
         if len(series) != len(fresh) or sum(1 for labels in series if labels in part) != gone:
             return False
         shared = self._labels
-        for _family, labels, amount in fresh:
+        for labels, amount in fresh:
             labels = shared.setdefault(labels, labels)
             self.totals[labels] = self.totals.get(labels, Decimal(0)) + amount - part.get(labels, Decimal(0))
             part[labels] = amount
+            if self.moved is not None:
+                self.moved.add(labels)
         self.parts[bucket] = part
         return True
 
-    def _move(self, part: Mapping[Labels, Decimal], sign: int) -> None:
+    def take_moved(self) -> set[Labels] | None:
+        """The series whose totals changed since the last call; None: any may have, or gone."""
+        moved, self.moved = self.moved, set()
+        return moved
+
+    def _move(self, part: Mapping[Labels, Number], sign: int) -> None:
         for labels, amount in part.items():
             self.totals[labels] = self.totals.get(labels, Decimal(0)) + sign * amount
+        if self.moved is not None:
+            self.moved.update(part)
 
     def _total(self) -> None:
+        self.moved = None
         self.totals = dict(self.final)
         for part in self.parts.values():
             self._move(part, 1)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -29,9 +28,9 @@ from exporter import redaction
 from exporter.details.health import CollectorHealth
 from exporter.exposition import Part
 from exporter.priority import lower_thread_priority
-from exporter.spend.feeds import VECTOR_BYTES, Feed
-from exporter.spend.fetch import Bucket, Digest, Sizing, amounts_of, fetch_window
-from exporter.spend.ledger import Ledger
+from exporter.spend.feeds import Feed
+from exporter.spend.fetch import Digest, Page, Sizing, Window, fetch_window, rows_of
+from exporter.spend.ledger import Cells, Key, Ledger, Number
 from exporter.spend.month import MonthToDate
 from exporter.spend.render import SpendRenderer
 from exporter.upstream import ApiClient, PollCancelled, PollError
@@ -58,6 +57,20 @@ def paused_collector() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _ledger(feed: Feed, saved: Mapping[str, Any] | None = None) -> Ledger:
+    """A feed's ledger, fresh or from the state file: the series of its columns, and whether its amounts are ints."""
+    if saved is None:
+        return Ledger(feed.series, whole=feed.whole)
+    return Ledger.load(saved, feed.series, whole=feed.whole)
+
+
+def _costs(rows: Iterable[tuple[Key, Cells]]) -> Iterator[tuple[Key, Number]]:
+    """A costs bucket's rows as the month's sums take them: each series and its amount."""
+    for key, (amount,) in rows:
+        assert amount is not None  # money is never optional
+        yield key, amount
 
 
 def month_start(now: float) -> int:
@@ -90,15 +103,16 @@ class SpendPoller:
         self._save = save
         self._clock = clock
         self._lock = threading.Lock()
-        self.ledgers: dict[str, Ledger] = {feed.endpoint: Ledger() for feed in self.feeds}
+        self.ledgers: dict[str, Ledger] = {feed.endpoint: _ledger(feed) for feed in self.feeds}
         self._months = MonthToDate()  # (project, line item, currency) -> this month's cost
         self._digests: dict[str, dict[int, Digest]] = {}  # per feed and bucket, the last poll's hashes
+        self._pages: dict[str, dict[int, Page]] = {}  # per feed, what each page of the last poll's walk held
         first = int(lookback // DAY) + 1  # the window's buckets: a page every poll reads
         self._sizing = {feed.endpoint: Sizing(client.max_response_size, first) for feed in self.feeds}
         self._forgot: dict[str, int] = {}  # per feed, the window start its ledger last forgot before
         self._unsaved = False  # counted since the last save
         self._unpublished = False  # a counter or a gauge moved since the last publication
-        self._vector_bytes: dict[tuple[str, ...], Decimal] = {}
+        self._vector_bytes: dict[tuple[str, ...], Number] = {}
         self._renderer = SpendRenderer()
         self.revisions = Counter(
             "openai_usage_revisions",
@@ -117,10 +131,13 @@ class SpendPoller:
 
     # -- the state file -------------------------------------------------------------------------
 
+    def _feed(self, endpoint: str) -> Feed:
+        return next(feed for feed in self.feeds if feed.endpoint == endpoint)
+
     def dump(self) -> dict[str, Any]:
         with self._lock:
             dumped: dict[str, Any] = {
-                endpoint: ledger.dump() for endpoint, ledger in self.ledgers.items() if ledger.started
+                endpoint: ledger.dump() for endpoint, ledger in self.ledgers.items() if ledger.started or ledger.series
             }
             if self._months.month:
                 dumped[MONTH_KEY] = self._months.dump()
@@ -135,7 +152,7 @@ class SpendPoller:
         with self._lock:
             for endpoint in self.ledgers:
                 if endpoint in saved:
-                    self.ledgers[endpoint] = Ledger.load(saved[endpoint])
+                    self.ledgers[endpoint] = _ledger(self._feed(endpoint), saved[endpoint])
             if MONTH_KEY in saved and "costs" in self.ledgers:
                 self._months = MonthToDate.load(saved[MONTH_KEY])
         self._publish(self.compose())
@@ -165,15 +182,15 @@ class SpendPoller:
         for feed in self.feeds:
             start = self.start_of(feed, now)
             try:
-                buckets, requests = self.fetch(feed, start)
-                self.count(feed, buckets, start, now)
+                read = self.fetch(feed, start)
+                self.count(feed, read, start, now)
             except PollCancelled:
                 return
             except PollError as exc:
                 failed.add(feed.collector)
                 self._failed(feed.collector, feed.endpoint, exc)
                 continue
-            self._health.requests.labels(feed.collector).inc(requests)
+            self._health.requests.labels(feed.collector).inc(read.requests)
         for collector in {feed.collector for feed in self.feeds} - failed:
             self._health.up.labels(collector).set(1)
         if self._unsaved:
@@ -203,57 +220,61 @@ class SpendPoller:
             self._unpublished |= not self._months.complete  # a new month: its gauges start again
             return start
 
-    def fetch(self, feed: Feed, start: int) -> tuple[list[Bucket], int]:
-        """The feed's buckets from `start`, only the results new since the last poll read, and the requests."""
+    def fetch(self, feed: Feed, start: int) -> Window:
+        """The feed's buckets from `start`, only the results new since the last poll counted, and the requests."""
         deadline = time.monotonic() + self._deadline
-        known = self._digests.get(feed.endpoint)
-        return fetch_window(self._client, feed, start, deadline, self._max_pages, known, self._sizing[feed.endpoint])
+        known, read = self._digests.get(feed.endpoint), self._pages.get(feed.endpoint)
+        sizing = self._sizing[feed.endpoint]
+        return fetch_window(self._client, feed, start, deadline, self._max_pages, known, sizing, read)
 
-    def count(self, feed: Feed, buckets: list[Bucket], start: int, now: float) -> None:
+    def count(self, feed: Feed, window: Window, start: int, now: float) -> None:
         with self._lock:
-            self._count(feed, buckets, self.window(now), start, int(now) // DAY * DAY)
+            self._count(feed, window, self.window(now), start, int(now) // DAY * DAY)
 
     def compose(self) -> Part:
         with self._lock:
             return self._compose()
 
-    def _count(self, feed: Feed, buckets: list[Bucket], window: int, start: int, day: int) -> None:
+    def _count(self, feed: Feed, read: Window, window: int, start: int, day: int) -> None:
         """Under the lock: one feed's changed results into its ledger and the gauges.
 
         A result that came back unchanged has nothing to count: its amounts are the marks
-        already, and its share of the month is already in the month's sums.
+        already, and its share of the month is already in the month's sums. What was read is
+        kept for the next poll's reading only now that it is counted: a window that failed
+        half-way, or was never counted, must be read again as new.
         """
+        buckets = read.buckets
         ledger = self.ledgers[feed.endpoint]
         costs = feed.endpoint == "costs"
         month = self._months
-        readings: list[tuple[int, tuple[str, ...], str, Decimal]] = []
-        level = VECTOR_BYTES.name  # a level, not a flow: the newest bucket's, not counted
+        readings: list[tuple[int, Key, Cells]] = []
         for bucket in buckets:
-            if bucket.amounts is None:
+            if bucket.rows is None:
                 continue
             self._unsaved = self._unpublished = True
             began = bucket.start
-            readings += [
-                (began, (family, *labels), "", amount) for family, labels, amount in bucket.amounts if family != level
-            ]
+            readings += [(began, key, cells) for key, cells in bucket.rows]
             if costs and bucket.start >= month.month:
                 if bucket.whole:
-                    month.replace(bucket.start, bucket.amounts)
-                elif not month.update(bucket.start, bucket.amounts, bucket.gone):
-                    month.replace(bucket.start, amounts_of(bucket.results, feed))
+                    month.replace(bucket.start, _costs(bucket.rows))
+                elif not month.update(bucket.start, _costs(bucket.rows), bucket.gone):
+                    month.replace(bucket.start, _costs(rows_of(bucket.results, feed)))
         if costs:
             month.read(start, day)
-        newest = max(buckets, key=lambda b: b.start, default=None)
-        if feed.endpoint == "vector_stores" and newest is not None and newest.amounts is not None:
-            amounts = newest.amounts if newest.whole else amounts_of(newest.results, feed)
-            self._vector_bytes = {labels: amount for family, labels, amount in amounts}
+        if feed.level:  # a level, not a flow: the newest bucket's is a gauge, not counted
+            newest = max(buckets, key=lambda b: b.start, default=None)
+            if newest is not None and newest.rows is not None:
+                rows = newest.rows if newest.whole else rows_of(newest.results, feed)
+                self._vector_bytes = {key: cells[0] for key, cells in rows if cells[0] is not None}
+            readings = []
         # Only the window's buckets are read again: a month's older ones are final.
         self._digests[feed.endpoint] = {bucket.start: bucket.digest for bucket in buckets if bucket.start >= window}
-        outcome = ledger.record(readings, baseline=not ledger.started)
+        self._pages[feed.endpoint] = read.pages
+        revisions = ledger.record(readings, baseline=not ledger.started)
         if self._forgot.get(feed.endpoint) != window:  # marks leave the window once a day, not at each poll
             ledger.forget_before(window)
             self._forgot[feed.endpoint] = window
-        for revision in outcome.revisions:
+        for revision in revisions:
             self.revisions.labels(feed.collector, feed.endpoint).inc()
             log.info(
                 "usage_revised_down",
@@ -280,5 +301,7 @@ class SpendPoller:
         )
 
     def _compose(self) -> Part:
-        month = self._months.totals if self._months.complete else {}
-        return self._renderer.render(self.ledgers.values(), month, self._vector_bytes)
+        moved = self._months.take_moved()
+        if not self._months.complete:
+            return self._renderer.render(self.ledgers.values(), {}, self._vector_bytes)
+        return self._renderer.render(self.ledgers.values(), self._months.totals, self._vector_bytes, moved)
