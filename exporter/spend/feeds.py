@@ -157,8 +157,24 @@ def _counts(keys: tuple[str, ...], columns: tuple[Column, ...]) -> Callable[[Map
 
 
 def _costs(result: Mapping[str, Any]) -> tuple[Key, Cells]:
-    value, currency = money(result)
-    return (label(result, "project_id"), label(result, "line_item"), currency), (value,)
+    amount, project, line_item = result.get("amount"), result.get("project_id"), result.get("line_item")
+    if type(amount) is dict:  # the usual result, its amount a string, read without a call per field
+        value, currency = amount.get("value"), amount.get("currency")
+        if (
+            type(value) is str
+            and type(currency) is str
+            and currency
+            and type(line_item) is str
+            and (type(project) is str or project is None)
+        ):
+            try:
+                decimal = Decimal(value)
+            except InvalidOperation:
+                decimal = None
+            if decimal is not None and decimal.is_finite():
+                return (project or "", line_item, currency), (decimal,)
+    decimal, currency = money(result)
+    return (label(result, "project_id"), label(result, "line_item"), currency), (decimal,)
 
 
 @dataclass(frozen=True)

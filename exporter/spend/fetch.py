@@ -29,8 +29,9 @@ from exporter.spend.feeds import Feed
 from exporter.spend.ledger import Cells, Key
 from exporter.upstream import ApiClient, PollError
 
-# The hash of a bucket's results, and of each one: Python's hash of the serialised JSON. A
-# collision between two readings of one bucket is as likely as one of 64-bit random numbers.
+# The hash of each of a bucket's results (Python's hash of its serialised JSON), and of
+# them all. A collision between two readings of one bucket is as likely as one of 64-bit
+# random numbers.
 Digest = tuple[int, "array[int]"]  # 8 bytes a result, not an int object each
 
 
@@ -227,11 +228,13 @@ def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
         raise Invalid("a bucket's `start_time` and `end_time` are not a time range")
     if not isinstance(results, list):
         raise Invalid(f"bucket {start}: `results` is not a list")
-    whole = hash(orjson.dumps(results))  # one call for the bucket: most come back unchanged
+    # Each result's hash, and the bucket's from them: the buckets that came back as they were
+    # are mostly found by their page's bytes (_page), so most buckets parsed have changed.
+    hashes = array("q", map(hash, map(orjson.dumps, results)))
+    whole = hash(hashes.tobytes())
     last = known.get(start)
     if last is not None and last[0] == whole:
         return Bucket(start, end, last, None, results, 0, False)
-    hashes = array("q", map(hash, map(orjson.dumps, results)))
     before = last[1] if last is not None else None
     if before is None:
         new, gone = results, 0

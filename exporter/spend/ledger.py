@@ -120,6 +120,7 @@ class Ledger:
             else:  # the columns that changed, found in C: a row of 15 usually changes in two or three
                 places = compress(range(len(cells)), map(ne, cells, old))
             marks = list(old)
+            groups: tuple[Group, ...] | None = None  # the row's series' labels, built once if needed
             for place in places:
                 value = cells[place]
                 if value is None:
@@ -130,10 +131,14 @@ class Ledger:
                 elif value > was:
                     growth = value - was
                 else:
-                    revisions.append(Revision(bucket, self._series(row, key, place).group, was, value))
+                    groups = groups or self.series_of(key)
+                    revisions.append(Revision(bucket, groups[place], was, value))
                     continue
                 marks[place] = value
-                series = row.series[place] or self._series(row, key, place)
+                series = row.series[place]
+                if series is None:
+                    groups = groups or self.series_of(key)
+                    series = row.series[place] = self._open(groups[place])
                 if growth and not baseline:
                     series.total += growth
                     grew = True
@@ -144,16 +149,12 @@ class Ledger:
         self.started = True
         return revisions
 
-    def _series(self, row: _Row, key: Key, place: int) -> Series:
-        """The series a row's column counts toward; a new one starts at zero, and has moved."""
-        series = row.series[place]
+    def _open(self, group: Group) -> Series:
+        """A series a row's column counts toward; a new one starts at zero, and has moved."""
+        series = self.series.get(group)
         if series is None:
-            group = self.series_of(key)[place]
-            series = self.series.get(group)
-            if series is None:
-                series = self.series[group] = Series(group)
-                self.moved.add(series)
-            row.series[place] = series
+            series = self.series[group] = Series(group)
+            self.moved.add(series)
         return series
 
     def take_moved(self) -> set[Series]:
@@ -220,7 +221,7 @@ class Ledger:
                 row.marks[int(bucket)] = tuple(None if cell is None else ledger._amount(cell) for cell in cells)
             for place, group in enumerate(series_of(labels)):
                 if any(cells[place] is not None for cells in row.marks.values()):
-                    row.series[place] = ledger.series.get(group) or ledger._series(row, labels, place)
+                    row.series[place] = ledger._open(group)
         ledger.moved = set(ledger.series.values())
         ledger.started = started
         return ledger

@@ -32,6 +32,7 @@ class MonthToDate:
         self.final: Part = {}
         self.parts: dict[int, Part] = {}  # buckets from `until` on: each one's share, as last read
         self.totals: Part = {}  # final and parts together: the gauges
+        self.currencies: dict[str, Number] = {}  # the totals' sum by currency: the organization's gauge
         self.complete = False  # whether the parts were read since the month began or was loaded
         # The series whose totals changed since take_moved(); None: any may have, or gone.
         self.moved: set[Labels] | None = None
@@ -88,17 +89,20 @@ class MonthToDate:
         if bucket in self._summed or bucket not in self.parts:
             return False
         part = self.parts[bucket]
-        fresh = list(amounts)
-        series = {labels for labels, _amount in fresh}
-        if len(series) != len(fresh) or sum(1 for labels in series if labels in part) != gone:
+        fresh = amounts if isinstance(amounts, list) else list(amounts)
+        shares = dict(fresh)
+        if len(shares) != len(fresh) or len(shares.keys() & part.keys()) != gone:
             return False
-        shared = self._labels
-        for labels, amount in fresh:
+        shared, totals, currencies, zero = self._labels, self.totals, self.currencies, Decimal(0)
+        for labels, amount in shares.items():
             labels = shared.setdefault(labels, labels)
-            self.totals[labels] = self.totals.get(labels, Decimal(0)) + amount - part.get(labels, Decimal(0))
+            was = part.get(labels)
+            change = amount if was is None else amount - was
+            totals[labels] = totals.get(labels, zero) + change
+            currencies[labels[-1]] = currencies.get(labels[-1], zero) + change
             part[labels] = amount
-            if self.moved is not None:
-                self.moved.add(labels)
+        if self.moved is not None:
+            self.moved.update(shares)
         self.parts[bucket] = part
         return True
 
@@ -110,12 +114,14 @@ class MonthToDate:
     def _move(self, part: Mapping[Labels, Number], sign: int) -> None:
         for labels, amount in part.items():
             self.totals[labels] = self.totals.get(labels, Decimal(0)) + sign * amount
+            self.currencies[labels[-1]] = self.currencies.get(labels[-1], Decimal(0)) + sign * amount
         if self.moved is not None:
             self.moved.update(part)
 
     def _total(self) -> None:
         self.moved = None
-        self.totals = dict(self.final)
+        self.totals, self.currencies = {}, {}
+        self._move(self.final, 1)
         for part in self.parts.values():
             self._move(part, 1)
 

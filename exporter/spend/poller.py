@@ -66,11 +66,9 @@ def _ledger(feed: Feed, saved: Mapping[str, Any] | None = None) -> Ledger:
     return Ledger.load(saved, feed.series, whole=feed.whole)
 
 
-def _costs(rows: Iterable[tuple[Key, Cells]]) -> Iterator[tuple[Key, Number]]:
-    """A costs bucket's rows as the month's sums take them: each series and its amount."""
-    for key, (amount,) in rows:
-        assert amount is not None  # money is never optional
-        yield key, amount
+def _costs(rows: Iterable[tuple[Key, Cells]]) -> list[tuple[Key, Number]]:
+    """A costs bucket's rows as the month's sums take them: each series and its amount (never null)."""
+    return [(key, amount) for key, (amount,) in rows if amount is not None]
 
 
 def month_start(now: float) -> int:
@@ -304,4 +302,5 @@ class SpendPoller:
         moved = self._months.take_moved()
         if not self._months.complete:
             return self._renderer.render(self.ledgers.values(), {}, self._vector_bytes)
-        return self._renderer.render(self.ledgers.values(), self._months.totals, self._vector_bytes, moved)
+        months = self._months
+        return self._renderer.render(self.ledgers.values(), months.totals, self._vector_bytes, moved, months.currencies)

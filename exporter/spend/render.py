@@ -219,9 +219,11 @@ class SpendRenderer:
         month: Mapping[Labels, Number],
         vector_bytes: Mapping[Labels, Number],
         month_moved: Collection[Labels] | None = None,
+        currencies: Mapping[str, Number] | None = None,
     ) -> Part:
         """The spend's part of a scrape; `month_moved`: the month's series that changed since the
-        last render (None: any may have, or be gone)."""
+        last render (None: any may have, or be gone); `currencies`: the month's sums by currency,
+        if kept (else summed here)."""
         ledgers = list(ledgers)
         if [id(ledger) for ledger in ledgers] != [id(ledger) for ledger in self._ledgers] or (
             redaction.generation() != self._secrets
@@ -249,11 +251,12 @@ class SpendRenderer:
         else:  # only what changed: most of the month's series are its final days' sums
             for labels in month_moved:
                 shown.set(labels, month[labels])
-        if month_moved is None or month_moved or not shown.index:
-            organization: dict[Labels, Number] = {}
+        if currencies is None:
+            summed: dict[str, Number] = {}
             for (_project, _line_item, currency), amount in month.items():
-                organization[(currency,)] = organization.get((currency,), 0) + amount
-            self._gauge(ORGANIZATION_MONTH).replace(organization)
+                summed[currency] = summed.get(currency, 0) + amount
+            currencies = summed
+        self._gauge(ORGANIZATION_MONTH).replace({(currency,): amount for currency, amount in currencies.items()})
         raw: list[Buffer] = []
         deflated: list[Buffer] = []
         openmetrics: dict[int, Piece] = {}
