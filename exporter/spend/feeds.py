@@ -158,19 +158,17 @@ def _counts(keys: tuple[str, ...], columns: tuple[Column, ...]) -> Callable[[Map
 
 def _costs(result: Mapping[str, Any]) -> tuple[Key, Cells]:
     amount, project, line_item = result.get("amount"), result.get("project_id"), result.get("line_item")
-    if type(amount) is dict:  # the usual result, its amount a string, read without a call per field
+    if type(amount) is dict:  # the usual result, read without a call per field
         value, currency = amount.get("value"), amount.get("currency")
-        if (
-            type(value) is str
-            and type(currency) is str
-            and currency
-            and type(line_item) is str
-            and (type(project) is str or project is None)
-        ):
-            try:
-                decimal = Decimal(value)
-            except InvalidOperation:
-                decimal = None
+        if type(currency) is str and currency and type(line_item) is str and (type(project) is str or project is None):
+            decimal = None
+            if type(value) is float:  # through its shortest repr, as money() reads it
+                decimal = Decimal(repr(value))
+            elif type(value) is str:
+                try:
+                    decimal = Decimal(value)
+                except InvalidOperation:
+                    pass
             if decimal is not None and decimal.is_finite():
                 return (project or "", line_item, currency), (decimal,)
     decimal, currency = money(result)
