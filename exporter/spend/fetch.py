@@ -9,15 +9,13 @@ Each page asks for as many buckets as fit in half the response-size bound, judge
 largest bucket seen so far (`Sizing`): a month of an organization's costs can be many times
 the bound, a page of it must not be.
 
-Most of a window comes back as it was, and the buckets are in time order, so a page's
-changes are at its end, in the newest bucket. A page whose bytes up to a bucket are those
-of its last reading holds the buckets that reading found there, as they were: only the rest
-is parsed (`Page`). Parsing is most of what a read costs beyond the bytes themselves.
+Most of a window comes back as it was: a page read again parses only what changed since
+its last counted reading (exporter/spend/pages.py). Parsing is most of what a read costs
+beyond the bytes themselves.
 """
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -27,6 +25,7 @@ import orjson
 from exporter.collectors.base import Invalid, page_of
 from exporter.spend.feeds import Feed
 from exporter.spend.ledger import Cells, Key
+from exporter.spend.pages import OPEN, Changed, Page, changed_results, remember, same_start
 from exporter.upstream import ApiClient, PollError
 
 # The hash of each of a bucket's results (Python's hash of its serialised JSON), and of
@@ -43,35 +42,20 @@ class Bucket(NamedTuple):
     results: Sequence[Any]  # parsed, for a reader that needs every result's row (rows_of)
     gone: int  # results of the last poll's bucket that are not among these (changed or vanished)
     whole: bool  # whether `rows` are every result's: the bucket was not known
+    tail: bytes | None = None  # when only the changed results were parsed: the bucket's bytes on
 
-
-class Page(NamedTuple):
-    """What a page's reading found, for the next reading of the page at the same place in the walk.
-
-    `keys` are the offsets of each bucket's `"start_time"` key, the only ones in the page;
-    `before` the hash of the bytes before each. Bytes equal up to a key mean the buckets
-    before it are the ones found there, unchanged; and as a key is within its bucket, the
-    bucket's opening brace is the last one before it (anything else fails the parse of the
-    rest, which is then parsed whole).
-    """
-
-    size: int
-    whole: int  # the hash of the whole body
-    keys: tuple[int, ...]
-    before: tuple[int, ...]
-    buckets: tuple[Bucket, ...]  # as found, without their results
-    more: bool
-    page: str | None
+    def every(self) -> Sequence[Any]:
+        """Every result of the bucket: `results`, or its bytes parsed whole when they hold only the changed ones."""
+        if self.tail is None:
+            return self.results
+        data, _, _ = page_of(OPEN + self.tail, "next_page")
+        return _bucket(data[0], None, {}).results
 
 
 class Window(NamedTuple):
     buckets: list[Bucket]
     requests: int
     pages: dict[int, Page]  # each page's reading by its place in the walk, for the next poll's
-
-
-_KEY = b'"start_time"'
-_KEY_VALUE = re.compile(rb'"start_time"\s*:\s*(\d{1,12})[\s,}]')
 
 
 class Sizing:
@@ -165,62 +149,49 @@ def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Diges
     if last is not None and len(body) == last.size and hash(body) == last.whole:
         into.extend(last.buckets)  # the page as it was: nothing to parse
         return last
-    same = _same_start(body, last)
+    same = same_start(body, last)
     data: list[Any] | None = None
+    changed: Changed | None = None
     if same:
         assert last is not None
-        brace = body.rfind(b"{", 0, last.keys[same])
-        try:  # the rest, as the page's tail: `{"data": [` and the buckets from there on
-            data, more, page = page_of(b'{"data": [' + body[brace:], "next_page")
-        except Invalid:
-            data = None
+        key = last.keys[same]
+        brace = body.rfind(b"{", 0, key)
+        if same == len(last.keys) - 1 and last.results is not None:
+            changed = changed_results(body, brace, key, last.results)
+        if changed is not None:
+            data, more, page = [changed.item], changed.more, changed.page
+        else:
+            try:  # the rest, as the page's tail: `{"data": [` and the buckets from there on
+                data, more, page = page_of(OPEN + body[brace:], "next_page")
+            except Invalid:
+                data = None
     if data is None:
         same = 0
         data, more, page = page_of(body, "next_page")
     reused = last.buckets[:same] if last is not None else ()
-    buckets = [*reused, *(_bucket(item, feed, known) for item in data)]
+    if changed is not None:
+        read = [_changed(changed, feed, body[brace:])]
+    else:
+        read = [_bucket(item, feed, known) for item in data]
+    buckets = [*reused, *read]
     into.extend(buckets)
-    return _read(body, buckets, last, same, more, page)
+    return remember(body, buckets, last, same, more, page, changed.results if changed is not None else None)
 
 
-def _same_start(body: bytes, last: Page | None) -> int:
-    """How many buckets begin the page as they began it at `last`: its bytes equal up to the next one's key."""
-    if last is None or len(last.keys) < 2:
-        return 0
-    view = memoryview(body)
-    low, high = (
-        0,
-        len(last.keys) - 1,
-    )  # the answer is in [low, high]; equal bytes up to a key mean up to every earlier one
-    while low < high:
-        middle = (low + high + 1) // 2
-        key = last.keys[middle]
-        if body.startswith(_KEY, key) and hash(view[:key]) == last.before[middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
+def _changed(changed: Changed, feed: Feed, tail: bytes) -> Bucket:
+    """The newest bucket of which only the results whose bytes are new were parsed."""
+    parsed = _bucket(changed.item, None, {})
+    new = [result for result, fresh in zip(parsed.results, changed.fresh, strict=True) if fresh]
+    try:
+        rows = rows_of(new, feed)
+    except Invalid as exc:
+        raise Invalid(f"bucket {parsed.start}: {exc}") from None
+    digest = (hash(changed.hashes.tobytes()), changed.hashes)
+    return Bucket(parsed.start, parsed.end, digest, rows, parsed.results, changed.gone, False, tail)
 
 
-def _read(body: bytes, buckets: list[Bucket], last: Page | None, same: int, more: bool, page: str | None) -> Page:
-    """What the next reading of this page may take as it was; no keys when any is not a bucket's own."""
-    keys = list(last.keys[:same]) if last is not None else []
-    at = keys[-1] + len(_KEY) if keys else 0
-    while (at := body.find(_KEY, at)) >= 0:
-        keys.append(at)
-        at += len(_KEY)
-    found = [_KEY_VALUE.match(body, key) for key in keys[same:]]
-    if len(keys) != len(buckets) or not all(
-        match is not None and int(match[1]) == bucket.start for match, bucket in zip(found, buckets[same:], strict=True)
-    ):
-        keys = []  # a `"start_time"` within a result, or spelled otherwise: this page is always parsed whole
-    view = memoryview(body)
-    before = [*(last.before[:same] if last is not None and keys else ()), *(hash(view[:key]) for key in keys[same:])]
-    found_buckets = tuple(bucket._replace(rows=None, results=(), gone=0, whole=False) for bucket in buckets)
-    return Page(len(body), hash(body), tuple(keys), tuple(before), found_buckets, more, page)
-
-
-def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
+def _bucket(item: Any, feed: Feed | None, known: Mapping[int, Digest]) -> Bucket:
+    """A parsed bucket, checked; with a feed, its new results' rows (without, only checked)."""
     if not isinstance(item, dict):
         raise Invalid("a bucket is not a JSON object")
     start, end, results = item.get("start_time"), item.get("end_time"), item.get("results")
@@ -228,6 +199,8 @@ def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
         raise Invalid("a bucket's `start_time` and `end_time` are not a time range")
     if not isinstance(results, list):
         raise Invalid(f"bucket {start}: `results` is not a list")
+    if feed is None:
+        return Bucket(start, end, (0, array("q")), None, results, 0, False)
     # Each result's hash, and the bucket's from them: the buckets that came back as they were
     # are mostly found by their page's bytes (_page), so most buckets parsed have changed.
     hashes = array("q", map(hash, map(orjson.dumps, results)))

@@ -29,9 +29,10 @@ from exporter.details.health import CollectorHealth
 from exporter.exposition import Part
 from exporter.priority import lower_thread_priority
 from exporter.spend.feeds import Feed
-from exporter.spend.fetch import Digest, Page, Sizing, Window, fetch_window, rows_of
+from exporter.spend.fetch import Digest, Sizing, Window, fetch_window, rows_of
 from exporter.spend.ledger import Cells, Key, Ledger, Number
 from exporter.spend.month import MonthToDate
+from exporter.spend.pages import Page
 from exporter.spend.render import SpendRenderer
 from exporter.upstream import ApiClient, PollCancelled, PollError
 
@@ -256,13 +257,13 @@ class SpendPoller:
                 if bucket.whole:
                     month.replace(bucket.start, _costs(bucket.rows))
                 elif not month.update(bucket.start, _costs(bucket.rows), bucket.gone):
-                    month.replace(bucket.start, _costs(rows_of(bucket.results, feed)))
+                    month.replace(bucket.start, _costs(rows_of(bucket.every(), feed)))
         if costs:
             month.read(start, day)
         if feed.level:  # a level, not a flow: the newest bucket's is a gauge, not counted
             newest = max(buckets, key=lambda b: b.start, default=None)
             if newest is not None and newest.rows is not None:
-                rows = newest.rows if newest.whole else rows_of(newest.results, feed)
+                rows = newest.rows if newest.whole else rows_of(newest.every(), feed)
                 self._vector_bytes = {key: cells[0] for key, cells in rows if cells[0] is not None}
             readings = []
         # Only the window's buckets are read again: a month's older ones are final.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -77,3 +78,59 @@ def test_a_rest_that_does_not_parse_on_its_own_is_parsed_with_the_whole_page():
     reordered[2]["results"][0]["amount"]["value"] = "2"
     again, _ = read(body(reordered), page)
     assert rows(again) == rows(read(body(reordered))[0])
+
+
+def costs(day: int, values: list[str], **extra) -> dict:
+    """A bucket of one result per project, each its own value."""
+    results = [
+        {
+            "object": "organization.costs.result",
+            "amount": {"value": value, "currency": "usd"},
+            "line_item": "gpt-4o, input",
+            "project_id": f"proj_{n}",
+            **extra,
+        }
+        for n, value in enumerate(values)
+    ]
+    return {"object": "bucket", "start_time": day * DAY, "end_time": (day + 1) * DAY, "results": results}
+
+
+def whole(raw: bytes) -> list:
+    """The rows a first, whole reading finds: every result's."""
+    return [row for b in read(raw)[0] for row in b.rows]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_of_the_newest_bucket_only_the_results_whose_bytes_changed_are_parsed(indent):
+    days = [costs(0, ["1"] * 3), costs(1, ["1", "2", "3", "4", "5"])]
+    _, page = read(body(days, indent))
+    assert page.results is not None and len(page.results.hashes) == 5
+    days[1] = costs(1, ["1", "2.5", "3", "4", "6"])
+    again, _ = read(body(days, indent), page)
+    newest = again[-1]
+    assert newest.tail is not None and len(newest.results) == 2  # the two that changed, the last among them
+    assert [amount for (_key, (amount,)) in newest.rows] == [Decimal("2.5"), Decimal("6")]
+    assert newest.gone == 2
+    assert newest.every() == days[1]["results"]  # every result, when the month's sums need them all
+
+
+def test_a_result_that_vanished_or_came_is_gone_or_read():
+    """The last result's bytes run to the page's end: one that is last no more reads as changed, which the
+    ledger counts as nothing and the month's sums answer by reading every result (`Bucket.every`)."""
+    days = [costs(0, ["1"]), costs(1, ["1", "2", "3"])]
+    _, page = read(body(days))
+    days[1]["results"] = [days[1]["results"][0], days[1]["results"][2], {**days[1]["results"][0], "project_id": "new"}]
+    again, _ = read(body(days), page)
+    assert again[-1].gone == 2  # proj_1's result, and proj_2's as the last
+    assert [key[0] for key, _cells in again[-1].rows] == ["proj_2", "new"]
+    assert again[-1].every() == days[1]["results"]
+
+
+def test_a_result_beginning_found_within_a_result_leaves_the_bucket_to_be_parsed_whole():
+    nested = {"object": "organization.costs.result", "note": "nested"}
+    days = [costs(0, ["1"]), costs(1, ["1", "2"], detail=nested)]
+    _, page = read(body(days))
+    assert page.results is None and len(page.keys) == 2
+    days[1] = costs(1, ["1", "3"], detail=nested)
+    again, _ = read(body(days), page)
+    assert again[-1].tail is None and again[-1].rows == read(body(days))[0][-1].rows
