@@ -134,3 +134,12 @@ def test_a_result_beginning_found_within_a_result_leaves_the_bucket_to_be_parsed
     days[1] = costs(1, ["1", "3"], detail=nested)
     again, _ = read(body(days), page)
     assert again[-1].tail is None and again[-1].rows == read(body(days))[0][-1].rows
+
+
+def test_a_page_of_one_bucket_is_as_it_was_only_when_its_bytes_before_the_key_are_too():
+    _, page = read(body([bucket(0, "1.5")]))
+    again, kept = read(body([bucket(0, "1.5")]), page)
+    assert kept is page
+    other = body([bucket(0, "1.5")]).replace(b'"object": "page"', b'"object": "pagf"')  # same size, other bytes
+    again, changed = read(other, page)
+    assert changed is not page and again[0] is not page.buckets[0]

@@ -25,7 +25,7 @@ import orjson
 from exporter.collectors.base import Invalid, page_of
 from exporter.spend.feeds import Feed
 from exporter.spend.ledger import Cells, Key
-from exporter.spend.pages import OPEN, Changed, Page, changed_results, remember, same_start
+from exporter.spend.pages import OPEN, Changed, Page, changed_results, remember, same_start, unchanged
 from exporter.upstream import ApiClient, PollError
 
 # The hash of each of a bucket's results (Python's hash of its serialised JSON), and of
@@ -146,10 +146,11 @@ def rows_of(results: Sequence[Any], feed: Feed) -> tuple[tuple[Key, Cells], ...]
 
 def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Digest], last: Page | None) -> Page:
     """A page's buckets into `into`; parsed from the first one whose bytes are not as `last` found them."""
-    if last is not None and len(body) == last.size and hash(body) == last.whole:
+    same = same_start(body, last)
+    if unchanged(body, last, same):
+        assert last is not None
         into.extend(last.buckets)  # the page as it was: nothing to parse
         return last
-    same = same_start(body, last)
     data: list[Any] | None = None
     changed: Changed | None = None
     if same:

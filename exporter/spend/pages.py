@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import re
 from array import array
+from collections.abc import Sequence
+from itertools import compress
+from operator import not_
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from exporter.collectors.base import Invalid, page_of
@@ -47,7 +50,7 @@ class Page(NamedTuple):
     """What a page's reading found, for the next reading of the page at the same place in the walk."""
 
     size: int
-    whole: int  # the hash of the whole body
+    rest: int  # the hash of the bytes from the last key on (of the whole body, without keys)
     keys: tuple[int, ...]  # each bucket's `"start_time"` key; none if any is not a bucket's
     before: tuple[int, ...]  # the hash of the bytes before each key
     buckets: tuple[Bucket, ...]  # as found, without their results
@@ -74,7 +77,11 @@ def same_start(body: bytes, last: Page | None) -> int:
         return 0
     view = memoryview(body)
     # The answer is in [low, high]: bytes equal up to a key are equal up to every earlier one.
+    # The last is tried first: the usual change is in the newest bucket alone.
     low, high = 0, len(last.keys) - 1
+    if body.startswith(KEY, last.keys[high]) and hash(view[: last.keys[high]]) == last.before[high]:
+        return high
+    high -= 1
     while low < high:
         middle = (low + high + 1) // 2
         key = last.keys[middle]
@@ -85,20 +92,37 @@ def same_start(body: bytes, last: Page | None) -> int:
     return low
 
 
+def rest(body: bytes, keys: Sequence[int]) -> int:
+    """The hash of the bytes from the last key on: with those before it, the whole page's."""
+    return hash(memoryview(body)[keys[-1] if keys else 0 :])
+
+
+def unchanged(body: bytes, last: Page | None, same: int) -> bool:
+    """Whether the page is byte for byte as `last` found it, `same` buckets at its start found so."""
+    if last is None or len(body) != last.size:
+        return False
+    if not last.keys:
+        return rest(body, ()) == last.rest
+    if len(last.keys) == 1:  # same_start compares no bytes before a first key
+        first = last.keys[0]
+        if not body.startswith(KEY, first) or hash(memoryview(body)[:first]) != last.before[0]:
+            return False
+    return same == len(last.keys) - 1 and rest(body, last.keys) == last.rest
+
+
 def changed_results(body: bytes, brace: int, key: int, last: Results) -> Changed | None:
     """The newest bucket (at `brace`, its key at `key`) with only its new results parsed; None: parse it whole."""
     if body.find(KEY, key + len(KEY)) >= 0:
         return None  # more than one bucket to read
-    cuts = _cuts(body, key, last.marker)
-    if cuts is None:
+    cut = _cut(body, key, last.marker)
+    if cut is None:
         return None
-    pieces = _pieces(body, cuts)
+    start, pieces = cut
     hashes = array("q", map(hash, pieces))
-    seen = list(map(last.hashes.__contains__, hashes))
-    seen[-1] = False  # parsed whatever it holds: it ends the text
-    kept = [piece for piece, old in zip(pieces, seen, strict=True) if not old]
+    kept = list(compress(pieces[:-1], map(not_, map(last.hashes.__contains__, hashes[:-1]))))
+    kept.append(pieces[-1])  # parsed whatever it holds: it ends the text
     try:
-        data, more, page = page_of(OPEN + body[brace : cuts[0]] + b"".join(kept), "next_page")
+        data, more, page = page_of(OPEN + body[brace:start] + last.marker + last.marker.join(kept), "next_page")
     except Invalid:
         return None
     if len(data) != 1 or not isinstance(data[0], dict) or not isinstance(data[0].get("results"), list):
@@ -107,7 +131,7 @@ def changed_results(body: bytes, brace: int, key: int, last: Results) -> Changed
         return None  # a piece that was not one result
     now = frozenset(hashes)
     fresh = [True] * (len(kept) - 1) + [hashes[-1] not in last.hashes]
-    gone = sum(1 for old in last.hashes if old not in now)
+    gone = len(last.hashes - now)
     return Changed(data[0], fresh, hashes, gone, Results(last.marker, now), more, page)
 
 
@@ -132,13 +156,17 @@ def remember(
     ):
         keys = []  # a `"start_time"` within a result, or spelled otherwise
     view = memoryview(body)
-    before = [*(last.before[:same] if last is not None and keys else ()), *(hash(view[:key]) for key in keys[same:])]
+    # Up to the key at `same` the bytes are those same_start found equal: their hashes are known.
+    known = (
+        last.before[: same + 1] if last is not None and same and keys[: same + 1] == list(last.keys[: same + 1]) else ()
+    )
+    before = [*known, *(hash(view[:key]) for key in keys[len(known) :])]
     if not keys:
         results = None
     elif results is None:
         results = _results(body, keys[-1], buckets[-1])
     found_buckets = tuple(bucket._replace(rows=None, results=(), gone=0, whole=False, tail=None) for bucket in buckets)
-    return Page(len(body), hash(body), tuple(keys), tuple(before), found_buckets, results, more, page)
+    return Page(len(body), rest(body, keys), tuple(keys), tuple(before), found_buckets, results, more, page)
 
 
 def _results(body: bytes, key: int, bucket: Bucket) -> Results | None:
@@ -149,25 +177,18 @@ def _results(body: bytes, key: int, bucket: Bucket) -> Results | None:
     marker = _MARKER.match(body, opening.end()) if opening is not None else None
     if marker is None:
         return None
-    cuts = _cuts(body, key, marker[0])
-    if cuts is None or len(cuts) != len(bucket.results):
+    cut = _cut(body, key, marker[0])
+    if cut is None or len(cut[1]) != len(bucket.results):
         return None  # the beginning is also found within a result
-    return Results(marker[0], frozenset(map(hash, _pieces(body, cuts))))
+    return Results(marker[0], frozenset(map(hash, cut[1])))
 
 
-def _cuts(body: bytes, key: int, marker: bytes) -> list[int] | None:
-    """Where each result of the bucket whose key is at `key` begins; the first just after `"results": [`."""
+def _cut(body: bytes, key: int, marker: bytes) -> tuple[int, list[bytes]] | None:
+    """The bucket whose key is at `key` cut at each result's beginning: where the first begins
+    (just after `"results": [`), and each one's bytes after its beginning, the last one's to the
+    page's end. Cut in C: the beginning is the same bytes for every result."""
     opening = _RESULTS.search(body, key)
     if opening is None or not body.startswith(marker, opening.end()):
         return None
-    cuts = [opening.end()]
-    at = cuts[0] + len(marker)
-    while (at := body.find(marker, at)) >= 0:
-        cuts.append(at)
-        at += len(marker)
-    return cuts
-
-
-def _pieces(body: bytes, cuts: list[int]) -> list[bytes]:
-    """Each result's bytes, up to the next one's; the last one's run to the page's end."""
-    return [body[at:to] for at, to in zip(cuts, [*cuts[1:], len(body)], strict=True)]
+    start = opening.end()
+    return start, body[start + len(marker) :].split(marker)
