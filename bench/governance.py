@@ -760,7 +760,7 @@ def targets(results: dict) -> list[dict]:
                     b["poll_ratio"],
                     1.0,
                     f"median {b['poll_median_with_details_s']:.3f} s vs {b['poll_median_without_s']:.3f} s "
-                    f"(+{(b['poll_median_with_details_s'] - b['poll_median_without_s']) * 1000:.0f} ms; one slot is "
+                    f"({(b['poll_median_with_details_s'] - b['poll_median_without_s']) * 1000:+.0f} ms; one slot is "
                     f"{1000 / budget['rate']:.0f} ms), {len(b['polls_with_details_s'])} and "
                     f"{len(b['polls_without_s'])} polls",
                 )

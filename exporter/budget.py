@@ -8,11 +8,13 @@ second, rate + 1 at worst.
 
 Waiters are served by priority: the project list, then a refresh an audit event asked for,
 then the details; within a priority, in the order they became ready, and each slot wakes only
-the waiter whose turn it is. A list poll also declares itself (`listing`), so that the others leave it
-the slots it is about to need rather than only those it waits for: while one of its pages is
-in flight, and before its next poll is due, a lower priority takes a slot only if the slot
-after it is free again by the time the list asks. The list poll then waits for no slot the
-details took.
+the waiter whose turn it is, and only if its own timer would be late. A list poll also declares
+itself (`listing`), so that the others leave it the slots it is about to need rather than only
+those it waits for: while one of its pages is in flight, and before its next poll is due, a
+lower priority takes a slot only if the slot after it is free again by the time the list asks.
+The list poll then waits for no slot the details took, and a detail held back for it sleeps
+until its own turn can come, so the list's asking wakes no other thread while the list thread
+sends its request.
 
 A 429 anywhere slows everyone: the rate halves (down to MIN_RATE_SHARE of the configured
 one) and no slot is given before its Retry-After has passed. Each success then wins back
@@ -30,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
 
 LIST = 0  # the project list: never waits behind details
 AUDIT = 1  # a refresh an audit event asked for
@@ -49,11 +50,21 @@ START_MARGIN = 0.05
 HOLD_LATE = 0.5
 
 
-class _Waiter(NamedTuple):
-    priority: int
-    ready: float  # since when it may go: when it came, or when its backoff ends
-    arrival: int  # unique: waiters never compare by `turn`
-    turn: threading.Condition  # notified when it becomes first in line
+class _Waiter:
+    """A thread waiting for a slot; waiters are served in the order of `key`."""
+
+    __slots__ = ("key", "not_before", "turn", "until")
+
+    def __init__(self, priority: int, ready: float, arrival: int, not_before: float, turn: threading.Condition):
+        # Priority, then since when it may go (when it came, or when its backoff ends), then
+        # a unique count: waiters never compare by `turn`.
+        self.key = (priority, ready, arrival)
+        self.not_before = not_before
+        self.turn = turn  # notified when it becomes first in line, if its own timer would be late
+        self.until = math.inf  # when its wait ends if nobody notifies it
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.key < other.key
 
 
 class BudgetCancelled(Exception):
@@ -106,7 +117,7 @@ class RequestBudget:
             # Served in order of priority, then of readiness: a retry takes its place when its
             # backoff is over, so it neither holds back the details behind it nor waits for ever.
             ready = max(not_before, self._clock())
-            me = _Waiter(priority, ready, next(self._arrivals), threading.Condition(self._lock))
+            me = _Waiter(priority, ready, next(self._arrivals), not_before, threading.Condition(self._lock))
             bisect.insort(self._queue, me)
             try:
                 while True:
@@ -126,10 +137,25 @@ class RequestBudget:
                         return False
                     wait = wake - now if deadline is None else min(wake, deadline) - now
                     # Bounded: a stop does not notify, and a fake clock in tests moves without one.
-                    me.turn.wait(min(wait, 0.5) if wait > 0 else 0.001)
+                    wait = min(wait, 0.5) if wait > 0 else 0.001
+                    me.until = now + wait
+                    me.turn.wait(wait)
+                    me.until = math.inf
             finally:
                 self._queue.remove(me)
-                self._wake_first()  # the next in line computes its own wait
+                self._wake_next()
+
+    def _wake_next(self) -> None:
+        """The next in line computes its own wait, woken now only if its timer would be late for its turn.
+
+        A detail held back for a list page sleeps until the earliest turn it can have after the
+        page's next slot (`_held_until`): when the page is back and takes that slot, the detail
+        is not woken to take the GIL while the list thread sends its next request.
+        """
+        if self._queue:
+            waiter = self._queue[0]
+            if waiter.until > self._ready(waiter.not_before):
+                waiter.turn.notify()
 
     def _wake_first(self) -> None:
         if self._queue:
@@ -196,13 +222,25 @@ class RequestBudget:
             self._poll_rtt = rtt if self._poll_rtt is None else min(self._poll_rtt, rtt)
 
     def _held_until(self, now: float) -> float:
-        """0.0 if a lower priority may take the slot at `now`; else until when the list poll holds it back."""
+        """0.0 if a lower priority may take the slot at `now`; else when to look again.
+
+        That is the earliest the slot after the list's next one may be given, so that the list
+        taking its slot need not wake the waiter (`_wake_next`); or, once the list is later than
+        that, the end of the hold, and the list's asking then wakes the waiter.
+        """
         dues = [] if self._next_poll is None else [self._next_poll - START_MARGIN]
         known = [rtt for rtt in (self._page_rtt, self._poll_rtt) if rtt is not None]
         if known:
             dues += [granted + min(known) - PAGE_MARGIN for granted in self._pages_out.values()]
         after = self._after(now)
-        return max((due + HOLD_LATE for due in dues if after > due and now < due + HOLD_LATE), default=0.0)
+        holding = [due for due in dues if after > due and now < due + HOLD_LATE]
+        if not holding:
+            return 0.0
+        due = max(holding)
+        # The list asks at `due` or after; the slot after its own is then (1 - LATE_SHARE)/rate
+        # later or more (`_after`), so a timer set to that is never late for the next turn.
+        look = due + (1 - LATE_SHARE) / self.rate
+        return look if now < look else due + HOLD_LATE
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429: halve the rate and give no slot before Retry-After has passed."""

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
+import types
 
 import pytest
 
+from exporter import budget as budget_module
 from exporter.budget import (
     AUDIT,
     DETAILS,
     HOLD_LATE,
     LIST,
     MIN_RATE_SHARE,
+    PAGE_MARGIN,
     START_MARGIN,
     BudgetCancelled,
     RequestBudget,
@@ -293,3 +297,107 @@ def test_a_detail_waiting_out_its_backoff_does_not_hold_back_those_ready_before_
     assert budget.acquire(DETAILS, NEVER, deadline=clock.now) is True
     stop.set()
     retry.join(5)
+
+
+class LookingClock(Clock):
+    """A fake clock that tells when a thread has looked at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked = threading.Event()
+
+    def __call__(self) -> float:
+        self.looked.set()
+        return self.now
+
+    def looked_at(self) -> None:
+        """Wait until a thread waiting in the budget has looked at the clock since the last call."""
+        self.looked.clear()
+        assert self.looked.wait(5)
+
+
+@pytest.fixture
+def stopped():
+    """An event set when the test ends: a thread still waiting in the budget then gives up."""
+    stop = threading.Event()
+    yield stop
+    stop.set()
+
+
+def notifications(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> list[float]:
+    """The clock's time at each notification of a waiter of the budgets made from now on."""
+    notified: list[float] = []
+
+    class Turn(threading.Condition):
+        def notify(self, n: int = 1) -> None:
+            notified.append(clock.now)
+            super().notify(n)
+
+    monkeypatch.setattr(budget_module, "threading", types.SimpleNamespace(**{**vars(threading), "Condition": Turn}))
+    return notified
+
+
+def held_back_detail(
+    budget: RequestBudget, clock: LookingClock, rtt: float, stop: threading.Event
+) -> tuple[float, threading.Thread, list]:
+    """Inside a list poll: a page out at a slow upstream, the details' slots that fit, and one
+    more detail waiting in a thread, held back for the page. The page's slot time, the thread,
+    and where the thread puts the clock's time at its slot; `stop` ends its wait."""
+    slow_page(budget, clock, rtt)  # the first page teaches the budget the round trip
+    page = first_slot(budget, clock, LIST)
+    while first_slot(budget, clock, DETAILS, until=page + rtt - 8 * TICK) is not None:
+        clock.now += TICK
+    clock.now = page + rtt - 4 * TICK
+    got: list[float] = []
+
+    def wait() -> None:
+        with contextlib.suppress(BudgetCancelled):
+            if budget.acquire(DETAILS, stop):
+                got.append(clock.now)
+
+    detail = threading.Thread(target=wait, daemon=True)
+    detail.start()
+    clock.looked_at()
+    with budget._lock:  # it looked holding the lock: once we have it, it is asleep in line
+        assert budget._queue
+    return page, detail, got
+
+
+def test_a_detail_held_back_for_a_list_page_is_not_woken_when_the_page_takes_its_slot(monkeypatch, stopped):
+    # Woken then, it would take the interpreter while the list thread sends its next page's
+    # request: its own timer brings it back for its turn a slot later.
+    clock = LookingClock()
+    notified = notifications(monkeypatch, clock)
+    budget = RequestBudget(20, clock=clock)
+    rtt = 215 * TICK
+    with budget.listing(10):
+        page, detail, got = held_back_detail(budget, clock, rtt, stopped)
+        clock.now = page + rtt  # the page is back...
+        assert budget.acquire(LIST, NEVER, deadline=clock.now) is True  # ...and takes its slot at once
+        assert notified == []
+        next_page = clock.now
+        clock.now = next_page + 1 / 20  # the detail's turn
+        detail.join(5)
+        assert got == [next_page + 1 / 20]
+
+
+def test_a_list_page_later_than_expected_wakes_the_detail_held_back_for_it(monkeypatch, stopped):
+    clock = LookingClock()
+    notified = notifications(monkeypatch, clock)
+    budget = RequestBudget(20, clock=clock)
+    rtt = 215 * TICK
+    with budget.listing(10):
+        page, detail, got = held_back_detail(budget, clock, rtt, stopped)
+        # The page is more than a slot late: the detail's timer finds it not back...
+        clock.now = page + rtt - PAGE_MARGIN + 1 / 20 + 4 * TICK
+        clock.looked_at()
+        with budget._lock:
+            assert not got
+        clock.now += 100 * TICK
+        assert budget.acquire(LIST, NEVER, deadline=clock.now) is True
+        # ...and sleeps until the hold would end; the page, asking at last, wakes it for its turn.
+        assert notified == [clock.now]
+        late_page = clock.now
+        clock.now = late_page + 1 / 20
+        detail.join(5)
+        assert got == [late_page + 1 / 20]

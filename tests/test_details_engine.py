@@ -6,12 +6,14 @@ waited for, so that no test depends on the details interval.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import structlog
 
 from exporter.collectors import BY_NAME
 from exporter.details.schedule import Unit
+from exporter.snapshot import Snapshot
 from tests.support.details import samples
 from tests.support.upstream import error
 from tests.support.waiting import wait_for
@@ -148,6 +150,24 @@ def test_an_archived_project_leaves_in_the_same_sync_and_a_late_refresh_does_not
     h.engine._complete(Unit("users", project_id), BY_NAME["users"], (), {})  # a refresh that was in flight
     with h.engine._lock:
         assert project_id not in h.engine._entries["users"]
+
+
+def test_a_list_poll_that_changed_nothing_syncs_without_waiting_for_the_engine(harness):
+    # Its sync counts in the list poll's duration: a worker holding the engine's lock (to
+    # take a unit, or to render and compose) must not hold it up.
+    h = harness(6).start()
+    before = h.snapshot()
+    h.engine.sync(before)
+    unchanged = Snapshot.build(
+        list(before.projects.values()), completed_at=time.time(), pages=1, duration=0.0, previous=before
+    )
+    assert unchanged.projects is before.projects  # what a poll that changed nothing builds
+    synced = []
+    with h.engine._lock:  # a worker busy
+        thread = threading.Thread(target=lambda: synced.append(h.engine.sync(unchanged)), daemon=True)
+        thread.start()
+        thread.join(5)
+        assert synced == [h.engine.part]
 
 
 def test_an_unchanged_response_costs_no_render(harness):

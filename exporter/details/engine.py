@@ -77,6 +77,7 @@ class DetailsEngine:
         self._lock = threading.Condition()
         self._schedule = Schedule(interval, clock)
         self._order: tuple[str, ...] = ()
+        self._synced: Mapping[str, object] | None = None  # the projects of the last sync (only the list poll syncs)
         self._active: frozenset[str] = frozenset()
         self._entries: dict[str, dict[str, Entry]] = {c.name: {} for c in self.collectors}
         self._organization: dict[str, Details] = {}
@@ -99,6 +100,11 @@ class DetailsEngine:
 
     def sync(self, snapshot: Snapshot) -> DetailsPart:
         """The active projects are those of `snapshot`: the part without any other, composed now."""
+        if snapshot.projects is self._synced:
+            # A poll that changed nothing shares the last one's mapping: the same active projects.
+            # Without the lock, which a worker may hold, this costs the list poll nothing.
+            return self.part
+        self._synced = snapshot.projects
         order = tuple(p.id for p in snapshot.projects.values() if p.status == ACTIVE)
         with self._lock:
             if order == self._order:
