@@ -363,15 +363,23 @@ def held_back_detail(
     return page, detail, got
 
 
-def test_a_detail_held_back_for_a_list_page_is_not_woken_when_the_page_takes_its_slot(monkeypatch, stopped):
-    # Woken then, it would take the interpreter while the list thread sends its next page's
-    # request: its own timer brings it back for its turn a slot later.
+@contextlib.contextmanager
+def detail_held_for_a_page(monkeypatch, stop: threading.Event):
+    """20 requests a second, inside a list poll: a page out at a slow upstream and a detail held
+    back for it (held_back_detail). Yields the clock, the notifications, the budget, the round
+    trip, the page's slot time, the detail's thread and its slot times."""
     clock = LookingClock()
     notified = notifications(monkeypatch, clock)
     budget = RequestBudget(20, clock=clock)
     rtt = 215 * TICK
     with budget.listing(10):
-        page, detail, got = held_back_detail(budget, clock, rtt, stopped)
+        yield (clock, notified, budget, rtt, *held_back_detail(budget, clock, rtt, stop))
+
+
+def test_a_detail_held_back_for_a_list_page_is_not_woken_when_the_page_takes_its_slot(monkeypatch, stopped):
+    # Woken then, it would take the interpreter while the list thread sends its next page's
+    # request: its own timer brings it back for its turn a slot later.
+    with detail_held_for_a_page(monkeypatch, stopped) as (clock, notified, budget, rtt, page, detail, got):
         clock.now = page + rtt  # the page is back...
         assert budget.acquire(LIST, NEVER, deadline=clock.now) is True  # ...and takes its slot at once
         assert notified == []
@@ -382,12 +390,7 @@ def test_a_detail_held_back_for_a_list_page_is_not_woken_when_the_page_takes_its
 
 
 def test_a_list_page_later_than_expected_wakes_the_detail_held_back_for_it(monkeypatch, stopped):
-    clock = LookingClock()
-    notified = notifications(monkeypatch, clock)
-    budget = RequestBudget(20, clock=clock)
-    rtt = 215 * TICK
-    with budget.listing(10):
-        page, detail, got = held_back_detail(budget, clock, rtt, stopped)
+    with detail_held_for_a_page(monkeypatch, stopped) as (clock, notified, budget, rtt, page, detail, got):
         # The page is more than a slot late: the detail's timer finds it not back...
         clock.now = page + rtt - PAGE_MARGIN + 1 / 20 + 4 * TICK
         clock.looked_at()
