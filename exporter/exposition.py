@@ -163,14 +163,14 @@ class Piece(NamedTuple):
         return cls(raw, deflate(raw))
 
 
-def deflate(data: bytes, level: int = GZIP_LEVEL) -> bytes:
+def deflate(data: bytes) -> bytes:
     """Raw deflate of `data` alone, byte-aligned and without a final block.
 
     A fresh compressor never refers back before its own input, so such pieces concatenate
     into one valid deflate stream: a gzip body is a header, the cached pieces, the live tail
     (with the final block) and a trailer. Only pieces whose bytes changed are compressed again.
     """
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 

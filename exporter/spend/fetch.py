@@ -49,7 +49,7 @@ class Bucket(NamedTuple):
         if self.tail is None:
             return self.results
         data, _, _ = page_of(OPEN + self.tail, "next_page")
-        return _bucket(data[0], None, {}).results
+        return _checked(data[0])[2]
 
 
 class Window(NamedTuple):
@@ -94,9 +94,9 @@ def fetch_window(
     """The feed's daily buckets from `start` to now, the requests it took, and what each page held.
 
     Most results of a window come back as they were: a bucket whose hash is the one `known`
-    holds for it has no amounts, and in a bucket that changed, a result whose hash is among
+    holds for it has no rows, and in a bucket that changed, a result whose hash is among
     those of its last reading is not read again. Serialising parsed results and hashing them
-    runs in C, at a fraction of the cost of reading their amounts. `read` holds the pages of
+    runs in C, at a fraction of the cost of reading their rows. `read` holds the pages of
     the last poll's walk.
     """
     buckets: list[Bucket] = []
@@ -181,18 +181,18 @@ def _page(body: bytes, feed: Feed, into: list[Bucket], known: Mapping[int, Diges
 
 def _changed(changed: Changed, feed: Feed, tail: bytes) -> Bucket:
     """The newest bucket of which only the results whose bytes are new were parsed."""
-    parsed = _bucket(changed.item, None, {})
-    new = [result for result, fresh in zip(parsed.results, changed.fresh, strict=True) if fresh]
+    start, end, results = _checked(changed.item)
+    new = [result for result, fresh in zip(results, changed.fresh, strict=True) if fresh]
     try:
         rows = rows_of(new, feed)
     except Invalid as exc:
-        raise Invalid(f"bucket {parsed.start}: {exc}") from None
+        raise Invalid(f"bucket {start}: {exc}") from None
     digest = (hash(changed.hashes.tobytes()), changed.hashes)
-    return Bucket(parsed.start, parsed.end, digest, rows, parsed.results, changed.gone, False, tail)
+    return Bucket(start, end, digest, rows, results, changed.gone, False, tail)
 
 
-def _bucket(item: Any, feed: Feed | None, known: Mapping[int, Digest]) -> Bucket:
-    """A parsed bucket, checked; with a feed, its new results' rows (without, only checked)."""
+def _checked(item: Any) -> tuple[int, int, list[Any]]:
+    """A parsed bucket's start, end and results, each of the type the contract gives it."""
     if not isinstance(item, dict):
         raise Invalid("a bucket is not a JSON object")
     start, end, results = item.get("start_time"), item.get("end_time"), item.get("results")
@@ -200,8 +200,12 @@ def _bucket(item: Any, feed: Feed | None, known: Mapping[int, Digest]) -> Bucket
         raise Invalid("a bucket's `start_time` and `end_time` are not a time range")
     if not isinstance(results, list):
         raise Invalid(f"bucket {start}: `results` is not a list")
-    if feed is None:
-        return Bucket(start, end, (0, array("q")), None, results, 0, False)
+    return start, end, results
+
+
+def _bucket(item: Any, feed: Feed, known: Mapping[int, Digest]) -> Bucket:
+    """A parsed bucket, checked, and the rows of its results new since the `known` reading."""
+    start, end, results = _checked(item)
     # Each result's hash, and the bucket's from them: the buckets that came back as they were
     # are mostly found by their page's bytes (_page), so most buckets parsed have changed.
     hashes = array("q", map(hash, map(orjson.dumps, results)))

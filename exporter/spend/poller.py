@@ -251,8 +251,9 @@ class SpendPoller:
             if bucket.rows is None:
                 continue
             self._unsaved = self._unpublished = True
-            began = bucket.start
-            readings += [(began, key, cells) for key, cells in bucket.rows]
+            if not feed.level:  # a level, not a flow: the newest bucket's is a gauge, not counted
+                began = bucket.start
+                readings += [(began, key, cells) for key, cells in bucket.rows]
             if costs and bucket.start >= month.month:
                 if bucket.whole:
                     month.replace(bucket.start, _costs(bucket.rows))
@@ -260,12 +261,11 @@ class SpendPoller:
                     month.replace(bucket.start, _costs(rows_of(bucket.every(), feed)))
         if costs:
             month.read(start, day)
-        if feed.level:  # a level, not a flow: the newest bucket's is a gauge, not counted
+        if feed.level:
             newest = max(buckets, key=lambda b: b.start, default=None)
             if newest is not None and newest.rows is not None:
                 rows = newest.rows if newest.whole else rows_of(newest.every(), feed)
                 self._vector_bytes = {key: cells[0] for key, cells in rows if cells[0] is not None}
-            readings = []
         # Only the window's buckets are read again: a month's older ones are final.
         self._digests[feed.endpoint] = {bucket.start: bucket.digest for bucket in buckets if bucket.start >= window}
         self._pages[feed.endpoint] = read.pages

@@ -49,6 +49,14 @@ def amount_text(amount: Number) -> bytes:
     return (text or "0").encode()
 
 
+def _prefix(family: Family, labels: Labels, index: Collection[Labels]) -> bytes:
+    """A new series' `name{labels} `, scrubbed: label values are upstream's text, and one that
+    quotes the admin key must not publish it."""
+    if labels in index:  # each family fed by several feeds has their endpoint as a label
+        raise ValueError(f"{family.name}: two feeds count the series {labels}")
+    return scrub_bytes(sample(family.name, dict(zip(family.labels, labels, strict=True)), "")[:-1].encode())
+
+
 def _headers(family: Family) -> tuple[bytes, bytes]:
     help_line = f"{family.help}, {SOURCE}."
     text = f"# HELP {family.name} {help_line}\n# TYPE {family.name} {family.kind}\n".encode()
@@ -83,9 +91,7 @@ class _Rendered:
 
     def add(self, labels: Labels, value: Number) -> int:
         """A new series, at the next place."""
-        line = sample(self.family.name, dict(zip(self.family.labels, labels, strict=True)), "")
-        # Label values are upstream's text: one that quotes the admin key must not publish it.
-        prefix = scrub_bytes(line[:-1].encode())
+        prefix = _prefix(self.family, labels, self.index)
         place = len(self.lines)
         self.index[labels] = place
         self.labels.append(labels)
@@ -160,10 +166,7 @@ class _Counts:
 
     def add(self, series: Series) -> int:
         labels = series.group[1:]
-        if labels in self.index:  # each family fed by several feeds has their endpoint as a label
-            raise ValueError(f"{self.family.name}: two feeds count the series {labels}")
-        line = sample(self.family.name, dict(zip(self.family.labels, labels, strict=True)), "")
-        self.unordered.append((series, scrub_bytes(line[:-1].encode()).replace(b"%", b"%%") + b"%d\n"))
+        self.unordered.append((series, _prefix(self.family, labels, self.index).replace(b"%", b"%%") + b"%d\n"))
         self.index.add(labels)
         self.template = self.body = None
         return -1  # no place of its own: the family is formatted whole
@@ -174,7 +177,7 @@ class _Counts:
     def pieces(self) -> Piece:
         if self.unordered:
             if len(self.unordered) * 16 > len(self.members):
-                pairs = sorted([*zip(self.members, self.lines, strict=True), *self.unordered], key=_FIRST_GROUP)
+                pairs = sorted([*zip(self.members, self.lines, strict=True), *self.unordered], key=_first_group)
                 self.members, self.lines = [series for series, _ in pairs], [line for _, line in pairs]
             else:
                 for series, line in self.unordered:
@@ -195,7 +198,6 @@ def _first_group(pair: tuple[Series, bytes]) -> Group:
     return pair[0].group
 
 
-_FIRST_GROUP = _first_group
 _GROUP = attrgetter("group")
 _TOTAL = attrgetter("total")
 
@@ -287,7 +289,5 @@ class SpendRenderer:
                     entry = places[series] = (family, family.add(series))
                     self._fed.setdefault(id(ledger), set()).add(family)
                 else:
-                    if series.group[1:] in family.index:
-                        raise ValueError(f"{family.family.name}: two feeds count the series {series.group[1:]}")
                     entry = places[series] = (family, family.add(series.group[1:], series.total))
             entry[0].set_at(entry[1], series.total)
